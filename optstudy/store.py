@@ -1,0 +1,171 @@
+"""The results store: one SQLite file, WAL mode, one transaction per finished run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+STORE_ENV = "OPTSTUDY_STORE"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STORE = REPO_ROOT / "results" / "default" / "results.sqlite"
+
+# Terminal outcomes of a run. "completed" and "diverged" are results; "failed"
+# (an exception in the notebook) and "crashed" (the kernel died or timed out)
+# are stored too, and rerun only with the runner's --retry-failed.
+STATUSES = ("completed", "diverged", "failed", "crashed")
+DONE_STATUSES = ("completed", "diverged")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    optimizer TEXT NOT NULL,
+    optimizer_class TEXT NOT NULL,
+    optimizer_version TEXT,
+    lr REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    final_train_loss REAL,
+    final_valid_loss REAL,
+    final_valid_accuracy REAL,
+    final_test_loss REAL,
+    final_test_accuracy REAL,
+    diverged_step INTEGER,
+    steps INTEGER,
+    gradient_evaluations INTEGER,
+    optimizer_state_bytes INTEGER,
+    seconds_total REAL,
+    seconds_train REAL,
+    seconds_eval REAL,
+    seconds_wall REAL,
+    config_json TEXT NOT NULL,
+    record_json TEXT,
+    notebook_path TEXT,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    train_loss REAL,
+    valid_loss REAL,
+    valid_accuracy REAL,
+    test_loss REAL,
+    test_accuracy REAL,
+    seconds REAL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS loss_samples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    loss REAL,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """Raised when a read-only store is opened at a path that holds no file."""
+
+
+def resolve_store_path(path: str | os.PathLike | None = None) -> Path:
+    """Return the store path: the argument, else ``$OPTSTUDY_STORE``, else the default."""
+    if path:
+        return Path(path).expanduser().resolve()
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser().resolve()
+    return DEFAULT_STORE
+
+
+def connect(path: str | os.PathLike | None = None, read_only: bool = False):
+    """Open the store. Read-only opening never creates a file."""
+    path = resolve_store_path(path)
+    if read_only:
+        if not path.is_file():
+            raise StoreNotFoundError(
+                f"results store not found: {path}. Run the study first "
+                f"(python scripts/run_study.py) or set ${STORE_ENV}."
+            )
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=30)
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.executescript(SCHEMA)
+    return connection
+
+
+def save_run(connection, run_id: str, profile: str, phase: str, config: dict,
+             status: str, record: dict | None = None, error: str | None = None,
+             notebook_path: str | None = None, seconds_wall: float | None = None):
+    """Write one finished run, its epochs and loss samples in one transaction.
+
+    A run stored earlier with the same id (a failed attempt) is replaced.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"invalid run status {status!r}: expected one of {STATUSES}")
+    record = record or {}
+    divergence = record.get("divergence") or {}
+    row = {
+        "run_id": run_id,
+        "profile": profile,
+        "phase": phase,
+        "dataset": config["dataset"],
+        "optimizer": config["optimizer"],
+        "optimizer_class": record.get("optimizer_class", config["optimizer_class"]),
+        "optimizer_version": record.get("optimizer_version"),
+        "lr": config["hyperparameters"]["lr"],
+        "seed": config["seed"],
+        "status": status,
+        "error": error,
+        "final_train_loss": record.get("final_train_loss"),
+        "final_valid_loss": record.get("final_valid_loss"),
+        "final_valid_accuracy": record.get("final_valid_accuracy"),
+        "final_test_loss": record.get("final_test_loss"),
+        "final_test_accuracy": record.get("final_test_accuracy"),
+        "diverged_step": divergence.get("step"),
+        "steps": record.get("steps"),
+        "gradient_evaluations": record.get("gradient_evaluations"),
+        "optimizer_state_bytes": record.get("optimizer_state_bytes"),
+        "seconds_total": record.get("seconds_total"),
+        "seconds_train": record.get("seconds_train"),
+        "seconds_eval": record.get("seconds_eval"),
+        "seconds_wall": seconds_wall,
+        "config_json": json.dumps(config, sort_keys=True),
+        "record_json": json.dumps(record, sort_keys=True, allow_nan=False) if record
+        else None,
+        "notebook_path": notebook_path,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    columns = ", ".join(row)
+    marks = ", ".join(f":{key}" for key in row)
+    with connection:
+        connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        connection.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row)
+        connection.executemany(
+            "INSERT INTO epochs VALUES (:run_id, :epoch, :step, :train_loss, "
+            ":valid_loss, :valid_accuracy, :test_loss, :test_accuracy, :seconds)",
+            [{"run_id": run_id, **epoch} for epoch in record.get("history", [])],
+        )
+        connection.executemany(
+            "INSERT INTO loss_samples VALUES (?, ?, ?)",
+            [(run_id, s["step"], s["loss"]) for s in record.get("loss_samples", [])],
+        )
+
+
+def load_statuses(connection) -> dict[str, dict]:
+    """Return ``{run_id: {status, final_valid_accuracy, final_valid_loss}}`` per run."""
+    rows = connection.execute(
+        "SELECT run_id, status, final_valid_accuracy, final_valid_loss FROM runs"
+    ).fetchall()
+    return {row["run_id"]: dict(row) for row in rows}

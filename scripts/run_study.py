@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Run a profile of the study: every missing run, stored in SQLite as it finishes.
+
+    python scripts/run_study.py --profile default --data-dir ~/data
+
+Rerunning the same command skips finished runs, so an interrupted study
+resumes with exactly the runs that are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm import tqdm  # noqa: E402
+
+from optstudy import store  # noqa: E402
+from optstudy.data import DATA_ENV, DataNotFoundError  # noqa: E402
+from optstudy.optimizers import OptimizerNotFoundError  # noqa: E402
+from optstudy.runner import DEFAULT_RUNS_DIR, export_records, run_study  # noqa: E402
+from optstudy.study import DEFAULT_STUDY, StudyError, expected_run_count, load_study  # noqa: E402
+
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=str(DEFAULT_STUDY),
+                        help="study file (default: study.yml at the repository root)")
+    parser.add_argument("--profile", default="default",
+                        help="profile of the study file: smoke, default or full")
+    parser.add_argument("--store", default=None,
+                        help=f"SQLite results store (default: ${store.STORE_ENV}, "
+                        "else results/<profile>/results.sqlite)")
+    parser.add_argument("--runs-dir", default=None,
+                        help=f"where executed notebooks go (default: {DEFAULT_RUNS_DIR}/<profile>)")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"data root (default: ${DATA_ENV}, else ./data); "
+                        "missing datasets are downloaded there")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs executed at once; CPU threads are split among them")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds after which a run is stopped and stored as crashed")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run again the runs stored as failed or crashed")
+    parser.add_argument("--export-records", default=None, metavar="FOLDER",
+                        help="afterwards, write every stored record as JSON into FOLDER")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        study = load_study(arguments.study)
+        profile = study.profile(arguments.profile)
+    except (StudyError, OptimizerNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    store_path = arguments.store or (
+        None if store.resolve_store_path() != store.DEFAULT_STORE
+        else store.REPO_ROOT / "results" / arguments.profile / "results.sqlite"
+    )
+    store_path = store.resolve_store_path(store_path)
+    print(f"study {study.path}, profile {profile.name}: about "
+          f"{expected_run_count(study, profile)} runs; store {store_path}")
+
+    bar = tqdm(total=expected_run_count(study, profile), unit="run", dynamic_ncols=True)
+
+    def on_progress(outcome, done, planned, final):
+        bar.total = max(bar.total, planned)
+        bar.n = done
+        run = outcome.run
+        bar.set_postfix_str(
+            f"{run.config.dataset} {run.config.optimizer} lr={run.lr:g} "
+            f"seed {run.config.seed}: {outcome.status}"
+        )
+        bar.refresh()
+
+    started = time.perf_counter()
+    try:
+        counts = run_study(
+            study, profile.name, store_path=store_path, runs_dir=arguments.runs_dir,
+            data_dir=arguments.data_dir, device=arguments.device, jobs=arguments.jobs,
+            retry_failed=arguments.retry_failed, timeout=arguments.timeout,
+            on_progress=on_progress,
+        )
+    except DataNotFoundError as error:
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    bar.close()
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    print(f"finished in {time.perf_counter() - started:.0f} s: {summary or 'nothing to run'}")
+
+    if arguments.export_records:
+        count = export_records(store_path, arguments.export_records)
+        print(f"wrote {count} records to {arguments.export_records}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
