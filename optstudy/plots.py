@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 # One fixed colour per optimizer entry, in study-file order, so an optimizer
 # keeps its colour across every figure of the book.
@@ -49,5 +50,210 @@ def plot_run(record: dict):
              f"lr={config['hyperparameters']['lr']:g}, seed {config['seed']}: "
              f"{record['status']}")
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+# --- Figures of the book ------------------------------------------------------
+
+# Shade and label of the strip under each sensitivity panel where runs without
+# a final accuracy (diverged, failed, crashed) are drawn.
+MISSING_STRIP = (-16.0, -3.0)
+MISSING_MARKERS = {"diverged": "X", "failed": "s", "crashed": "s"}
+
+
+def _whitegrid():
+    # Imported here: the run notebook imports this module for plot_run, and
+    # seaborn would add its import time to every run of the study.
+    import seaborn as sns
+
+    return sns.axes_style("whitegrid")
+
+
+def glue_figure(name: str, figure) -> None:
+    """Glue a figure for the ``{glue:figure}`` directive and close it.
+
+    Closing keeps the inline backend from drawing the figure a second time
+    under the code cell.
+    """
+    from myst_nb import glue
+
+    glue(name, figure, display=False)
+    plt.close(figure)
+
+
+def empty_figure(message: str, figsize=(8, 2)):
+    """Draw a figure that only states why there is nothing to show."""
+    figure, axis = plt.subplots(figsize=figsize)
+    axis.text(0.5, 0.5, message, ha="center", va="center", transform=axis.transAxes)
+    axis.set_axis_off()
+    return figure
+
+
+def _band(axis, x, low, high, colour):
+    axis.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
+def plot_learning_curves(loss_curves, accuracy_curves, colours: dict, labels: dict):
+    """Draw the tuned runs' mini-batch loss and validation accuracy against epochs.
+
+    Lines are means over seeds; bands span the lowest to the highest seed.
+    Takes the frames of ``analysis.loss_curves`` and ``analysis.accuracy_curves``.
+    """
+    if accuracy_curves.empty:
+        return empty_figure("no completed tuned runs to draw")
+    order = [name for name in colours if name in set(accuracy_curves["optimizer"])]
+    with _whitegrid():
+        figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in order:
+        colour = colours[name]
+        loss = loss_curves[loss_curves["optimizer"] == name]
+        loss_axis.plot(loss["epoch"], loss["mean"], color=colour, lw=1.4,
+                       label=labels.get(name, name))
+        _band(loss_axis, loss["epoch"], loss["min"], loss["max"], colour)
+
+        accuracy = accuracy_curves[accuracy_curves["optimizer"] == name]
+        accuracy_axis.plot(accuracy["epoch"], 100 * accuracy["mean"], color=colour,
+                           marker="o", lw=1.4, label=labels.get(name, name))
+        _band(accuracy_axis, accuracy["epoch"], 100 * accuracy["min"],
+              100 * accuracy["max"], colour)
+
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("mini-batch training loss (nats, log scale)")
+    accuracy_axis.set_xlabel("epoch")
+    accuracy_axis.set_ylabel("validation accuracy (%)")
+    accuracy_axis.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def plot_sensitivity(sensitivity, colours: dict, labels: dict):
+    """Draw final validation accuracy against learning rate, one panel per optimizer.
+
+    Completed runs are joined by a line. Runs without a final accuracy are
+    drawn as markers in a shaded strip under the 0% line, never left out and
+    never drawn as zero. A black ring marks the chosen learning rate.
+    Takes the frame of ``analysis.sensitivity``.
+    """
+    if sensitivity.empty:
+        return empty_figure("no tuning runs to draw")
+    order = [name for name in colours if name in set(sensitivity["optimizer"])]
+    columns = min(4, len(order))
+    rows = -(-len(order) // columns)
+    with _whitegrid():
+        figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows),
+                                    sharey=True, squeeze=False)
+    missing_y = sum(MISSING_STRIP) / 2
+    for axis, name in zip(axes.flat, order):
+        colour = colours[name]
+        runs = sensitivity[sensitivity["optimizer"] == name].sort_values("lr")
+        completed = runs[runs["status"] == "completed"]
+        axis.plot(completed["lr"], 100 * completed["final_valid_accuracy"],
+                  color=colour, marker="o", lw=1.4)
+        axis.axhspan(*MISSING_STRIP, color="0.92", zorder=0)
+        for status, marker in MISSING_MARKERS.items():
+            missing = runs[runs["status"] == status]
+            axis.scatter(missing["lr"], [missing_y] * len(missing), marker=marker,
+                         color=colour if status == "diverged" else "0.4", s=40,
+                         zorder=3)
+        chosen = runs[runs["chosen"]]
+        axis.scatter(chosen["lr"], 100 * chosen["final_valid_accuracy"], s=160,
+                     facecolors="none", edgecolors="black", linewidths=1.4, zorder=4)
+        axis.set_xscale("log")
+        axis.set_title(labels.get(name, name), color=colour, fontsize=10)
+        axis.set_ylim(MISSING_STRIP[0], 102)
+        axis.set_yticks([0, 25, 50, 75, 100])
+        axis.set_xlabel("learning rate (log scale)")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("final validation accuracy (%)")
+    for axis in list(axes.flat)[len(order):]:
+        axis.set_axis_off()
+    figure.legend(
+        handles=_sensitivity_legend(), loc="lower center", ncol=4, frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return figure
+
+
+def _sensitivity_legend():
+    from matplotlib.lines import Line2D
+
+    def handle(**style):
+        return Line2D([], [], linestyle="none", **style)
+
+    return [
+        handle(marker="o", color="0.3", label="completed"),
+        handle(marker="X", color="0.3", label="diverged (grey strip)"),
+        handle(marker="s", color="0.4", label="failed or crashed (grey strip)"),
+        handle(marker="o", markersize=12, markerfacecolor="none",
+               markeredgecolor="black", label="chosen learning rate"),
+    ]
+
+
+def plot_final_accuracy(summary, colours: dict, datasets: dict):
+    """Draw mean test accuracy of the tuned runs per optimizer, one panel per dataset.
+
+    Dots are means over seeds; lines span the lowest to the highest seed.
+    ``datasets`` maps dataset keys to display names, in panel order.
+    Takes the frame of ``analysis.summarise``.
+    """
+    ranked = summary[summary["seeds"] > 0]
+    shown = [key for key in datasets if key in set(ranked["dataset"])]
+    if not shown:
+        return empty_figure("no completed tuned runs to draw")
+    order = [name for name in colours if name in set(ranked["optimizer"])]
+    with _whitegrid():
+        figure, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 0.5 +
+                                    0.32 * len(order)), sharey=True, squeeze=False)
+    for axis, dataset in zip(axes[0], shown):
+        rows = ranked[ranked["dataset"] == dataset].set_index("optimizer")
+        for position, name in enumerate(order):
+            if name not in rows.index:
+                continue
+            row = rows.loc[name]
+            axis.plot([100 * row["test_min"], 100 * row["test_max"]],
+                      [position, position], color=colours[name], lw=2)
+            axis.plot(100 * row["test_mean"], position, "o", color=colours[name])
+        axis.set_title(datasets[dataset], fontsize=10)
+        axis.set_xlabel("test accuracy (%)")
+    labels = summary.drop_duplicates("optimizer").set_index("optimizer")["label"]
+    axes[0, 0].set_yticks(range(len(order)), [labels.get(n, n) for n in order])
+    axes[0, 0].invert_yaxis()
+    figure.tight_layout()
+    return figure
+
+
+def plot_learning_rate_illustration(paths: dict, loss, x_range=(-3.2, 3.2)):
+    """Draw gradient descent on a one-dimensional loss for several learning rates.
+
+    ``paths`` maps each learning rate to the visited points; ``loss`` is the
+    function. Left: the paths on the loss curve. Right: loss against step.
+    Points outside ``x_range`` (a diverging path) are drawn at its edge.
+    """
+    import seaborn as sns
+
+    palette = sns.color_palette("crest", n_colors=len(paths))
+    with _whitegrid():
+        figure, (curve_axis, step_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    grid = np.linspace(*x_range, 400)
+    curve_axis.plot(grid, loss(grid), color="0.3", lw=1.2)
+    top = 2 * float(loss(grid).max())
+    for colour, (lr, points) in zip(palette, paths.items()):
+        points = np.asarray(points, dtype=float)
+        shown = np.clip(points, *x_range)
+        curve_axis.plot(shown, loss(shown), marker="o", markersize=3, lw=0.8,
+                        color=colour, label=f"lr = {lr:g}")
+        step_axis.plot(range(len(points)), np.minimum(loss(points), top),
+                       marker="o", markersize=3, lw=1, color=colour,
+                       label=f"lr = {lr:g}")
+    curve_axis.set_xlabel("parameter x")
+    curve_axis.set_ylabel("loss f(x)")
+    curve_axis.set_xlim(*x_range)
+    step_axis.set_yscale("log")
+    step_axis.set_xlabel("step")
+    step_axis.set_ylabel("loss f(x) (log scale, clipped at the top)")
+    step_axis.legend(frameon=False)
     figure.tight_layout()
     return figure
