@@ -19,3 +19,9 @@ def write_record(record: dict, path: str | os.PathLike) -> Path:
 
 def read_record(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def partial_record_path(record_path: str | os.PathLike) -> Path:
+    """Return where a run keeps its epochs so far: ``record.json`` -> ``record.partial.json``."""
+    path = Path(record_path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")

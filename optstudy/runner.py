@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import yaml
 
 from . import store
 from .data import load_arrays
-from .records import read_record
+from .records import partial_record_path, read_record
 from .study import PlannedRun, Study, plan
 
 log = logging.getLogger(__name__)
@@ -60,15 +62,79 @@ def notebook_error(path: Path) -> str | None:
     return None
 
 
+def _tree_rss(process) -> int:
+    """Return the resident memory of a process and all its descendants, in bytes."""
+    import psutil
+
+    total = 0
+    try:
+        members = [process] + process.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+# Papermill processes still running, so an interrupted runner can stop them.
+_live_processes: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill papermill and its kernel: they share the session started for them."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _supervise(process: subprocess.Popen, timeout: float | None,
+               memory_limit: int | None) -> str | None:
+    """Wait for papermill; kill it on timeout or memory excess and say why."""
+    import psutil
+
+    watched = psutil.Process(process.pid)
+    deadline = time.monotonic() + timeout if timeout else None
+    while process.poll() is None:
+        if deadline and time.monotonic() > deadline:
+            _kill_group(process)
+            return f"timed out after {timeout:g} s"
+        if memory_limit and _tree_rss(watched) > memory_limit:
+            _kill_group(process)
+            return (f"exceeded the memory cap of {memory_limit / 2**30:.2f} GiB "
+                    "(resident memory of the kernel and papermill)")
+        time.sleep(0.5)
+    return None
+
+
+def _partial(run_dir: Path) -> dict | None:
+    path = partial_record_path(run_dir / "record.json")
+    if not path.is_file():
+        return None
+    record = read_record(path)
+    record["incomplete"] = True
+    return record
+
+
 def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
                 device: str, threads: int | None, timeout: float | None = None,
-                notebook: Path = NOTEBOOK) -> Outcome:
-    """Execute one run's notebook under papermill in a child process."""
+                memory_limit: int | None = None, notebook: Path = NOTEBOOK) -> Outcome:
+    """Execute one run's notebook under papermill in a child process.
+
+    Papermill and its kernel run in a session of their own, so a timeout or a
+    memory excess kills both and leaves no orphaned kernel behind.
+    """
     run_dir = (runs_dir / run.run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / "train.ipynb"
     record_path = run_dir / "record.json"
     record_path.unlink(missing_ok=True)
+    partial_record_path(record_path).unlink(missing_ok=True)
 
     config = run.config
     parameters = {
@@ -99,30 +165,45 @@ def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
         "-f", str(parameters_path), "--cwd", str(run_dir), "-k", "python3",
         "--no-progress-bar", "--log-level", "WARNING",
     ]
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The repository root goes first on the kernel's path, so the package of
+    # this checkout and a user's optimizer modules at the root are importable
+    # from the run's own working directory.
+    python_path = os.pathsep.join(
+        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+    )
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
+    log_path = run_dir / "papermill.log"
     started = time.perf_counter()
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout,
-            env=environment, cwd=run_dir,
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment,
+            cwd=run_dir, start_new_session=True,
         )
-        returncode, stderr = completed.returncode, completed.stderr
-    except subprocess.TimeoutExpired as error:
-        returncode, stderr = None, f"timed out after {error.timeout} s"
+        with _live_lock:
+            _live_processes.add(process)
+        try:
+            killed_because = _supervise(process, timeout, memory_limit)
+        except BaseException:
+            _kill_group(process)
+            raise
+        finally:
+            with _live_lock:
+                _live_processes.discard(process)
     seconds = time.perf_counter() - started
-    (run_dir / "papermill.log").write_text(stderr or "")
+    stderr = log_path.read_text(errors="replace")
 
-    if returncode == 0 and record_path.is_file():
+    if process.returncode == 0 and record_path.is_file():
         record = read_record(record_path)
         return Outcome(run, record["status"], record, None, output, seconds)
 
-    if returncode is None:
-        return Outcome(run, "crashed", None, stderr, output, seconds)
+    partial = _partial(run_dir)
+    if killed_because:
+        return Outcome(run, "crashed", partial, killed_because, output, seconds)
     if "DeadKernelError" in stderr or "Kernel died" in stderr:
-        return Outcome(run, "crashed", None, "the kernel died (killed or out of "
-                       "memory)", output, seconds)
+        return Outcome(run, "crashed", partial, "the kernel died (killed by a "
+                       "signal or the out-of-memory killer)", output, seconds)
     error = notebook_error(output) or _last_lines(stderr)
-    return Outcome(run, "failed", None, error, output, seconds)
+    return Outcome(run, "failed", partial, error, output, seconds)
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -143,10 +224,13 @@ def prepare_data(study_datasets, data_dir) -> None:
 def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
               data_dir=None, device: str = "auto", jobs: int = 1,
               retry_failed: bool = False, timeout: float | None = None,
+              memory_limit: int | None = None, only: list[str] | None = None,
               on_progress=None) -> dict:
     """Run every missing run of a profile; return counts by status.
 
-    ``on_progress(outcome, done, expected)`` is called after each run is
+    ``only`` restricts the call to the given run ids, which are run again
+    even when stored (to rerun one failed or crashed run alone).
+    ``on_progress(outcome, done, planned, final)`` is called after each run is
     stored, from the calling thread.
     """
     profile = study.profile(profile_name)
@@ -155,6 +239,20 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
     connection = store.connect(store_path)
     prepare_data(profile.datasets, data_dir)
 
+    if only:
+        known = set(store.load_statuses(connection)) | {
+            run.run_id for run in plan(study, profile, store.load_statuses(connection))[0]
+        }
+        unknown = [run_id for run_id in only if run_id not in known]
+        if unknown:
+            raise ValueError(
+                f"run ids {unknown} are neither stored nor planned for profile "
+                f"{profile_name!r}; list ids with: sqlite3 <store> 'SELECT run_id, "
+                "status FROM runs'"
+            )
+        with connection:
+            connection.executemany("DELETE FROM runs WHERE run_id = ?",
+                                   [(run_id,) for run_id in only])
     if retry_failed:
         with connection:
             connection.execute(
@@ -166,14 +264,16 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
     counts: dict[str, int] = {}
     attempted: set[str] = set()
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        in_flight = {}
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    in_flight = {}
+    try:
         while True:
             results = store.load_statuses(connection)
             planned, final = plan(study, profile, results)
             pending = [
                 run for run in planned
                 if run.run_id not in results and run.run_id not in attempted
+                and (not only or run.run_id in only)
             ]
             done = sum(1 for run in planned if run.run_id in results)
             if not pending and not in_flight:
@@ -181,7 +281,8 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
             for run in pending[: max(0, jobs - len(in_flight))]:
                 attempted.add(run.run_id)
                 future = pool.submit(
-                    execute_run, run, runs_dir, data_dir, device, threads, timeout
+                    execute_run, run, runs_dir, data_dir, device, threads, timeout,
+                    memory_limit,
                 )
                 in_flight[future] = run
             if not in_flight:
@@ -195,6 +296,15 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
                 done += 1
                 if on_progress:
                     on_progress(outcome, done, len(planned), final)
+    except BaseException:
+        # Ctrl-C or a kill of the runner: stop the runs in flight. Finished runs
+        # are already stored; the next start runs the rest, these included.
+        with _live_lock:
+            for process in list(_live_processes):
+                _kill_group(process)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     connection.close()
     return counts
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from .data import Dataset, is_lossy_cifar, load_dataset
 from .models import DATASET_MODEL, build_model, count_parameters
 from .optimizers import build_optimizer, optimizer_state_bytes, resolve_class
+from .records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,15 @@ def train(
     device: str = "auto",
     threads: int | None = None,
     progress=None,
+    partial_path=None,
 ) -> dict:
     """Train one run and return its result record (a JSON-friendly dict).
 
     A diverged run returns normally with ``status == "diverged"``; exceptions
     (a bad hyperparameter, a missing dataset) propagate to the caller, which
-    records them as failures.
+    records them as failures. With ``partial_path``, a record of the epochs
+    finished so far (status "incomplete") is rewritten after every epoch, so a
+    run that fails or crashes later still leaves its finished epochs behind.
     """
     started = time.perf_counter()
     if threads:
@@ -195,6 +199,12 @@ def train(
         log.info("epoch %d: %s", epoch, row)
         if progress:
             progress(row)
+        if partial_path:
+            write_record({
+                "config": config.to_dict(), "status": "incomplete",
+                "history": history, "loss_samples": loss_samples, "steps": step,
+                "gradient_evaluations": gradient_evaluations,
+            }, partial_path)
 
     record_epoch(0, None)
 

@@ -45,6 +45,11 @@ def parse_arguments(argv=None):
                         help="runs executed at once; CPU threads are split among them")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds after which a run is stopped and stored as crashed")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="GiB of resident memory a run (kernel and papermill) may "
+                        "use before it is killed and stored as crashed")
+    parser.add_argument("--only", action="append", default=None, metavar="RUN_ID",
+                        help="run only this run id, again even if stored (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="run again the runs stored as failed or crashed")
     parser.add_argument("--export-records", default=None, metavar="FOLDER",
@@ -88,12 +93,19 @@ def main(argv=None) -> int:
             study, profile.name, store_path=store_path, runs_dir=arguments.runs_dir,
             data_dir=arguments.data_dir, device=arguments.device, jobs=arguments.jobs,
             retry_failed=arguments.retry_failed, timeout=arguments.timeout,
-            on_progress=on_progress,
+            memory_limit=(int(arguments.memory_limit_gb * 2**30)
+                          if arguments.memory_limit_gb else None),
+            only=arguments.only, on_progress=on_progress,
         )
-    except DataNotFoundError as error:
+    except (DataNotFoundError, ValueError) as error:
         bar.close()
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: finished runs are stored; run the same command to "
+              "resume with the missing ones", file=sys.stderr)
+        return 130
     bar.close()
     summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     print(f"finished in {time.perf_counter() - started:.0f} s: {summary or 'nothing to run'}")
