@@ -185,3 +185,23 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
             if isinstance(value, torch.Tensor):
                 total += value.numel() * value.element_size()
     return total
+
+
+def weight_decay_style(reference: str, hyperparameters_used: dict) -> str:
+    """Name the kind of weight decay a configured optimizer applies.
+
+    "coupled (L2)" adds the decay to the gradient, so adaptive methods rescale
+    it (torch's Adam, SGD); "decoupled" shrinks the weights directly, as in
+    AdamW (Loshchilov and Hutter, 2019). The same ``weight_decay: 0.01``
+    therefore means different things for Adam and AdamW.
+    """
+    decay = hyperparameters_used.get("weight_decay") or 0
+    if isinstance(decay, (int, float)) and decay == 0:
+        return "none"
+    if hyperparameters_used.get("decoupled_weight_decay"):
+        return "decoupled"
+    if "weight_decouple" in hyperparameters_used:
+        return "decoupled" if hyperparameters_used["weight_decouple"] else "coupled (L2)"
+    if reference.lower().endswith("adamw"):
+        return "decoupled"
+    return "coupled (L2)"

@@ -123,7 +123,8 @@ def _partial(run_dir: Path) -> dict | None:
 
 def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
                 device: str, threads: int | None, timeout: float | None = None,
-                memory_limit: int | None = None, notebook: Path = NOTEBOOK) -> Outcome:
+                memory_limit: int | None = None, checkpoint: bool = False,
+                notebook: Path = NOTEBOOK) -> Outcome:
     """Execute one run's notebook under papermill in a child process.
 
     Papermill and its kernel run in a session of their own, so a timeout or a
@@ -156,6 +157,8 @@ def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
         "device": device,
         "threads": threads or 0,
         "record_path": str(record_path),
+        # Kept across runner restarts: the run dir is named by the run id.
+        "checkpoint_path": str(run_dir / "checkpoint.pt") if checkpoint else "",
     }
     parameters_path = run_dir / "parameters.yml"
     parameters_path.write_text(yaml.safe_dump(parameters, sort_keys=False))
@@ -225,7 +228,7 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
               data_dir=None, device: str = "auto", jobs: int = 1,
               retry_failed: bool = False, timeout: float | None = None,
               memory_limit: int | None = None, only: list[str] | None = None,
-              on_progress=None) -> dict:
+              notebook: Path = NOTEBOOK, on_progress=None) -> dict:
     """Run every missing run of a profile; return counts by status.
 
     ``only`` restricts the call to the given run ids, which are run again
@@ -282,7 +285,7 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
                 attempted.add(run.run_id)
                 future = pool.submit(
                     execute_run, run, runs_dir, data_dir, device, threads, timeout,
-                    memory_limit,
+                    memory_limit, profile.checkpoint, notebook,
                 )
                 in_flight[future] = run
             if not in_flight:

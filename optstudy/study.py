@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class Profile:
     lr_step_decades: float = 1.0
     lr_values: list[float] | None = None  # a fixed grid for every optimizer
     max_extensions: int = 2
+    checkpoint: bool = False  # save every epoch, so preempted runs continue
     description: str = ""
 
 
@@ -235,6 +237,7 @@ def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
         train_size=raw.get("train_size"),
         test_size=raw.get("test_size"),
         max_extensions=int(raw.get("max_extensions", 2)),
+        checkpoint=bool(raw.get("checkpoint", False)),
         description=str(raw.get("description", "")),
     )
     for key in ("epochs", "batch_size", "valid_size", "lr_points"):
@@ -244,6 +247,34 @@ def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
     if not profile.seeds:
         raise StudyError(f"{where}: seeds must list at least one seed")
     return profile
+
+
+def _warn_about_far_grids(profile: Profile, optimizers: dict) -> None:
+    """Warn when a shared grid misses an optimizer's conventional learning rate.
+
+    One grid for every optimizer suits none of them equally: Prodigy's lr is a
+    multiplier near 1, Lion's is several times below AdamW's. The convention
+    is the entry's grid centre (its study-file lr or the library default).
+    """
+    if not profile.lr_values:
+        return
+    low, high = min(profile.lr_values), max(profile.lr_values)
+    for name in profile.optimizers:
+        centre = optimizers[name].lr_centre
+        if not low <= centre <= high:
+            warnings.warn(
+                f"profile {profile.name!r}: the learning-rate grid [{low:g}, {high:g}] "
+                f"does not contain {centre:g}, the conventional lr of optimizer "
+                f"{name!r}; its results will say more about the grid than the "
+                "optimizer. Widen lr_grid.values or use points/step_decades, which "
+                "centre each optimizer's grid on its own lr.",
+                StudyWarning,
+                stacklevel=3,
+            )
+
+
+class StudyWarning(UserWarning):
+    """A study file that is valid but probably not what its author meant."""
 
 
 def load_study(path: str | Path | None = None) -> Study:
@@ -262,6 +293,8 @@ def load_study(path: str | Path | None = None) -> Study:
         name: _parse_profile(name, entry, optimizers)
         for name, entry in raw["profiles"].items()
     }
+    for profile in profiles.values():
+        _warn_about_far_grids(profile, optimizers)
     targets = {
         key: _check_number("targets", key, value, True)
         for key, value in (raw.get("targets") or {}).items()

@@ -6,11 +6,13 @@ import logging
 import math
 import platform
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn import functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, is_lossy_cifar, load_dataset
 from .models import DATASET_MODEL, build_model, count_parameters
 from .optimizers import build_optimizer, optimizer_state_bytes, resolve_class
@@ -130,6 +132,7 @@ def train(
     threads: int | None = None,
     progress=None,
     partial_path=None,
+    checkpoint_path=None,
 ) -> dict:
     """Train one run and return its result record (a JSON-friendly dict).
 
@@ -138,6 +141,8 @@ def train(
     records them as failures. With ``partial_path``, a record of the epochs
     finished so far (status "incomplete") is rewritten after every epoch, so a
     run that fails or crashes later still leaves its finished epochs behind.
+    With ``checkpoint_path``, the full training state is saved after every
+    epoch and a run started again with the same path continues from it.
     """
     started = time.perf_counter()
     if threads:
@@ -168,26 +173,30 @@ def train(
 
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
     sample_every = max(1, steps_per_epoch // max(1, config.loss_samples_per_epoch))
-    history = []
-    loss_samples = []
-    step = 0
-    gradient_evaluations = 0
-    train_seconds = 0.0
-    eval_seconds = 0.0
+    # Everything the loop accumulates; saved in checkpoints as one dictionary.
+    loop = {
+        "history": [],
+        "loss_samples": [],
+        "step": 0,
+        "gradient_evaluations": 0,
+        "train_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "initial_loss": None,
+        "last_finite_loss": None,
+    }
+    history = loop["history"]
+    loss_samples = loop["loss_samples"]
     status = "completed"
     divergence = None
-    initial_loss = None
-    last_finite_loss = None
 
     def record_epoch(epoch: int, train_loss):
-        nonlocal eval_seconds
         tick = time.perf_counter()
         valid = evaluate(model, data, "valid", channels_last)
         test = evaluate(model, data, "test", channels_last)
-        eval_seconds += time.perf_counter() - tick
+        loop["eval_seconds"] += time.perf_counter() - tick
         row = {
             "epoch": epoch,
-            "step": step,
+            "step": loop["step"],
             "train_loss": finite_or_none(train_loss),
             "valid_loss": finite_or_none(valid["loss"]),
             "valid_accuracy": valid["accuracy"],
@@ -197,18 +206,35 @@ def train(
         }
         history.append(row)
         log.info("epoch %d: %s", epoch, row)
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, config.to_dict(), epoch, model,
+                            optimizer, generator, loop)
         if progress:
             progress(row)
         if partial_path:
             write_record({
                 "config": config.to_dict(), "status": "incomplete",
-                "history": history, "loss_samples": loss_samples, "steps": step,
-                "gradient_evaluations": gradient_evaluations,
+                "history": history, "loss_samples": loss_samples,
+                "steps": loop["step"],
+                "gradient_evaluations": loop["gradient_evaluations"],
             }, partial_path)
 
-    record_epoch(0, None)
+    first_epoch = 1
+    restored = (
+        load_checkpoint(checkpoint_path, config.to_dict(), model, optimizer, generator)
+        if checkpoint_path else None
+    )
+    if restored:
+        last_epoch, saved_loop = restored
+        loop.update(saved_loop)
+        history, loss_samples = loop["history"], loop["loss_samples"]
+        first_epoch = last_epoch + 1
+        log.info("resumed from %s after epoch %d", checkpoint_path, last_epoch)
+    else:
+        record_epoch(0, None)
 
-    for epoch in range(1, config.epochs + 1):
+
+    for epoch in range(first_epoch, config.epochs + 1):
         tick = time.perf_counter()
         order = torch.randperm(len(data.train), generator=generator).to(torch_device)
         loss_sum = 0.0
@@ -220,13 +246,12 @@ def train(
                 images = images.contiguous(memory_format=torch.channels_last)
 
             def closure():
-                nonlocal gradient_evaluations
                 optimizer.zero_grad(set_to_none=True)
                 loss, _ = _loss(model, data, images, labels)
                 if l2 is not None:
                     loss = loss + l2()
                 loss.backward()
-                gradient_evaluations += 1
+                loop["gradient_evaluations"] += 1
                 return loss
 
             if config.needs_closure:
@@ -234,30 +259,35 @@ def train(
             else:
                 loss = closure()
                 optimizer.step()
-            step += 1
+            loop["step"] += 1
+            step = loop["step"]
 
             value = loss.item()
-            if initial_loss is None:
-                initial_loss = value
+            if loop["initial_loss"] is None:
+                loop["initial_loss"] = value
             if step % sample_every == 0 or step == 1:
                 loss_samples.append({"step": step, "loss": finite_or_none(value)})
-            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * initial_loss:
+            if (not math.isfinite(value)
+                    or value > DIVERGENCE_FACTOR * loop["initial_loss"]):
                 status = "diverged"
                 divergence = {
                     "step": step,
                     "loss": finite_or_none(value),
-                    "last_finite_loss": last_finite_loss,
+                    "last_finite_loss": loop["last_finite_loss"],
                     "rule": f"non-finite or > {DIVERGENCE_FACTOR:g} x first loss",
                 }
                 break
             loss_sum += value
-            last_finite_loss = value
+            loop["last_finite_loss"] = value
 
-        train_seconds += time.perf_counter() - tick
+        loop["train_seconds"] += time.perf_counter() - tick
         if status == "diverged":
             break
         record_epoch(epoch, loss_sum / steps_per_epoch)
 
+    if checkpoint_path:
+        # The run is over; its record carries everything worth keeping.
+        Path(checkpoint_path).unlink(missing_ok=True)
     final = history[-1] if status == "completed" else {}
     return {
         "config": config.to_dict(),
@@ -275,8 +305,8 @@ def train(
         "cifar_lossy": config.dataset == "cifar10" and is_lossy_cifar(data_root),
         "history": history,
         "loss_samples": loss_samples,
-        "steps": step,
-        "gradient_evaluations": gradient_evaluations,
+        "steps": loop["step"],
+        "gradient_evaluations": loop["gradient_evaluations"],
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
         "final_train_loss": final.get("train_loss"),
         "final_valid_loss": final.get("valid_loss"),
@@ -285,7 +315,7 @@ def train(
         "final_test_accuracy": final.get("test_accuracy"),
         "seconds_total": time.perf_counter() - started,
         "seconds_load": loaded - started,
-        "seconds_train": train_seconds,
-        "seconds_eval": eval_seconds,
+        "seconds_train": loop["train_seconds"],
+        "seconds_eval": loop["eval_seconds"],
         "environment": environment(torch_device),
     }

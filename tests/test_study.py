@@ -195,3 +195,50 @@ def test_diverged_runs_never_win(tmp_path):
     runs, _ = plan(study, profile, results)
     chosen = {r.config.optimizer: r.lr for r in runs if r.phase == "seed"}
     assert chosen["adam"] == 0.001
+
+
+def test_shared_grid_far_from_convention_warns(tmp_path):
+    text = BASE + """
+  shared:
+    datasets: [mnist]
+    epochs: 1
+    batch_size: 32
+    valid_size: 100
+    lr_grid: {values: [1.0e-2, 1.0e-1, 1.0]}
+    seeds: [0]
+"""
+    with pytest.warns(UserWarning, match="does not contain 0.001, the conventional lr of optimizer 'adam'"):
+        load_study(write_study(tmp_path, text))
+
+
+def test_repository_study_loads_without_warnings(recwarn):
+    load_study(DEFAULT_STUDY)
+    assert not [w for w in recwarn if "learning-rate grid" in str(w.message)]
+
+
+def test_weight_decay_styles_differ_for_adam_and_adamw():
+    import torch
+
+    from optstudy.optimizers import build_optimizer, weight_decay_style
+
+    parameters = [torch.nn.Parameter(torch.zeros(2))]
+    styles = {}
+    for reference in ("torch.optim.Adam", "torch.optim.AdamW",
+                      "pytorch_optimizer.adabelief", "torch.optim.SGD"):
+        resolved = resolve_class(reference)
+        _, used = build_optimizer(resolved, parameters, {"weight_decay": 0.01})
+        styles[reference] = weight_decay_style(resolved.reference, used)
+    assert styles["torch.optim.Adam"] == "coupled (L2)"
+    assert styles["torch.optim.AdamW"] == "decoupled"
+    assert styles["pytorch_optimizer.adabelief"] == "decoupled"
+    assert styles["torch.optim.SGD"] == "coupled (L2)"
+
+
+def test_adabelief_records_its_eps_default():
+    import torch
+
+    from optstudy.optimizers import build_optimizer
+
+    resolved = resolve_class("pytorch_optimizer.adabelief")
+    _, used = build_optimizer(resolved, [torch.nn.Parameter(torch.zeros(2))], {})
+    assert used["eps"] == 1e-16
