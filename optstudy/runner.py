@@ -1,10 +1,11 @@
-"""The batch runner: expand a study into runs, execute each with papermill, store results.
+"""The batch runner: expand a study into runs, execute them as Dask tasks, store results.
 
-Every run is one papermill execution of ``notebooks/train.ipynb`` in a child
-process with its own working directory and kernel, so a kernel that dies, or
-a run that exhausts memory, takes down only that run. The executed notebook
-and its JSON record are kept under the runs folder; the result goes into
-SQLite in one transaction as soon as the run ends.
+By default the runs go to a ``LocalCluster`` on this machine; with a scheduler
+address they go to that cluster instead (``dask scheduler`` / ``dask worker``,
+or dask-jobqueue on Slurm or PBS). Each task executes one papermill run on its
+worker and returns the record and the executed notebook's bytes. This client
+is the store's only writer: it writes each result in one SQLite transaction
+as soon as its task ends, so nothing finished is held in memory.
 """
 
 from __future__ import annotations
@@ -12,240 +13,96 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from . import store
 from .data import load_arrays
-from .records import partial_record_path, read_record
+from .execution import NOTEBOOK, Outcome, kill_live_runs, run_task
 from .study import PlannedRun, Study, plan
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
+SCHEDULER_ENV = "OPTSTUDY_SCHEDULER"
+
+# A task is rescheduled when its worker dies; after this many worker deaths
+# the scheduler gives up on it (Dask's "allowed-failures").
+WORKER_DEATHS_ALLOWED = 2
+# How often the client wakes to refresh its claims and look for new work.
+POLL_SECONDS = 5.0
 
 
 @dataclass
-class Outcome:
-    """What one execution produced."""
+class ClusterSettings:
+    """Where tasks run: a local cluster of ``jobs`` workers, or a scheduler address."""
 
-    run: PlannedRun
-    status: str
-    record: dict | None
-    error: str | None
-    notebook_path: Path
-    seconds_wall: float
+    scheduler: str | None = None
+    jobs: int = 1
+    threads: int | None = None  # torch threads per run; default: cores // jobs
+    worker_runs_dir: str | None = None  # remote workers' scratch folder
 
 
-def notebook_error(path: Path) -> str | None:
-    """Return 'cell N: Type: message' for the first cell whose output is an error."""
-    try:
-        import nbformat
-
-        notebook = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - a partial notebook may not parse
-        return None
-    for index, cell in enumerate(notebook.cells):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                return f"cell {index}: {output.get('ename')}: {output.get('evalue')}"
-    return None
-
-
-def _tree_rss(process) -> int:
-    """Return the resident memory of a process and all its descendants, in bytes."""
-    import psutil
-
-    total = 0
-    try:
-        members = [process] + process.children(recursive=True)
-    except psutil.Error:
-        return 0
-    for member in members:
-        try:
-            total += member.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-# Papermill processes still running, so an interrupted runner can stop them.
-_live_processes: set[subprocess.Popen] = set()
-_live_lock = threading.Lock()
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """Kill papermill and its kernel: they share the session started for them."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _supervise(process: subprocess.Popen, timeout: float | None,
-               memory_limit: int | None) -> str | None:
-    """Wait for papermill; kill it on timeout or memory excess and say why."""
-    import psutil
-
-    watched = psutil.Process(process.pid)
-    deadline = time.monotonic() + timeout if timeout else None
-    while process.poll() is None:
-        if deadline and time.monotonic() > deadline:
-            _kill_group(process)
-            return f"timed out after {timeout:g} s"
-        if memory_limit and _tree_rss(watched) > memory_limit:
-            _kill_group(process)
-            return (f"exceeded the memory cap of {memory_limit / 2**30:.2f} GiB "
-                    "(resident memory of the kernel and papermill)")
-        time.sleep(0.5)
-    return None
-
-
-def _partial(run_dir: Path) -> dict | None:
-    path = partial_record_path(run_dir / "record.json")
-    if not path.is_file():
-        return None
-    record = read_record(path)
-    record["incomplete"] = True
-    return record
-
-
-def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
-                device: str, threads: int | None, timeout: float | None = None,
-                memory_limit: int | None = None, checkpoint: bool = False,
-                notebook: Path = NOTEBOOK) -> Outcome:
-    """Execute one run's notebook under papermill in a child process.
-
-    Papermill and its kernel run in a session of their own, so a timeout or a
-    memory excess kills both and leaves no orphaned kernel behind.
-    """
-    run_dir = (runs_dir / run.run_id).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    output = run_dir / "train.ipynb"
-    record_path = run_dir / "record.json"
-    record_path.unlink(missing_ok=True)
-    partial_record_path(record_path).unlink(missing_ok=True)
-
-    config = run.config
-    parameters = {
-        "dataset": config.dataset,
-        "optimizer": config.optimizer,
-        "optimizer_class": config.optimizer_class,
-        "lr": float(config.hyperparameters["lr"]),
-        "hyperparameters": {
-            k: v for k, v in config.hyperparameters.items() if k != "lr"
-        },
-        "needs_closure": config.needs_closure,
-        "seed": config.seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "train_size": config.train_size or 0,
-        "valid_size": config.valid_size,
-        "test_size": config.test_size or 0,
-        "data_dir": str(data_dir) if data_dir else "",
-        "device": device,
-        "threads": threads or 0,
-        "record_path": str(record_path),
-        # Kept across runner restarts: the run dir is named by the run id.
-        "checkpoint_path": str(run_dir / "checkpoint.pt") if checkpoint else "",
-    }
-    parameters_path = run_dir / "parameters.yml"
-    parameters_path.write_text(yaml.safe_dump(parameters, sort_keys=False))
-
-    command = [
-        sys.executable, "-m", "papermill", str(notebook), str(output),
-        "-f", str(parameters_path), "--cwd", str(run_dir), "-k", "python3",
-        "--no-progress-bar", "--log-level", "WARNING",
-    ]
-    # The repository root goes first on the kernel's path, so the package of
-    # this checkout and a user's optimizer modules at the root are importable
-    # from the run's own working directory.
-    python_path = os.pathsep.join(
-        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-    )
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
-    log_path = run_dir / "papermill.log"
-    started = time.perf_counter()
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=environment,
-            cwd=run_dir, start_new_session=True,
-        )
-        with _live_lock:
-            _live_processes.add(process)
-        try:
-            killed_because = _supervise(process, timeout, memory_limit)
-        except BaseException:
-            _kill_group(process)
-            raise
-        finally:
-            with _live_lock:
-                _live_processes.discard(process)
-    seconds = time.perf_counter() - started
-    stderr = log_path.read_text(errors="replace")
-
-    if process.returncode == 0 and record_path.is_file():
-        record = read_record(record_path)
-        return Outcome(run, record["status"], record, None, output, seconds)
-
-    partial = _partial(run_dir)
-    if killed_because:
-        return Outcome(run, "crashed", partial, killed_because, output, seconds)
-    if "DeadKernelError" in stderr or "Kernel died" in stderr:
-        return Outcome(run, "crashed", partial, "the kernel died (killed by a "
-                       "signal or the out-of-memory killer)", output, seconds)
-    error = notebook_error(output) or _last_lines(stderr)
-    return Outcome(run, "failed", partial, error, output, seconds)
-
-
-def _last_lines(text: str, count: int = 5) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return "\n".join(lines[-count:]) or "papermill exited without a record"
-
-
-def prepare_data(study_datasets, data_dir) -> None:
-    """Read (and if needed download) every dataset once, before any run starts.
+def prepare_data(datasets, data_dir) -> None:
+    """Read (and if needed download) every dataset once, before any task starts.
 
     Runs then only read the data, so parallel runs never race on a download.
     """
-    for dataset in study_datasets:
+    for dataset in datasets:
         for split in ("train", "test"):
             load_arrays(dataset, split, data_dir)
 
 
-def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
-              data_dir=None, device: str = "auto", jobs: int = 1,
-              retry_failed: bool = False, timeout: float | None = None,
-              memory_limit: int | None = None, only: list[str] | None = None,
-              notebook: Path = NOTEBOOK, on_progress=None) -> dict:
-    """Run every missing run of a profile; return counts by status.
+def start_client(settings: ClusterSettings):
+    """Connect to the scheduler, or start a local cluster sized for this machine."""
+    import dask
+    from distributed import Client, LocalCluster
 
-    ``only`` restricts the call to the given run ids, which are run again
-    even when stored (to rerun one failed or crashed run alone).
-    ``on_progress(outcome, done, planned, final)`` is called after each run is
-    stored, from the calling thread.
-    """
-    profile = study.profile(profile_name)
-    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR / profile_name).resolve()
-    data_dir = Path(data_dir).resolve() if data_dir else None
-    connection = store.connect(store_path)
-    prepare_data(profile.datasets, data_dir)
+    dask.config.set({"distributed.scheduler.allowed-failures": WORKER_DEATHS_ALLOWED})
+    address = settings.scheduler or os.environ.get(SCHEDULER_ENV)
+    if address:
+        return Client(address), None
+    cluster = LocalCluster(
+        n_workers=settings.jobs, threads_per_worker=1, processes=True,
+        dashboard_address="127.0.0.1:0", memory_limit=0,
+    )
+    return Client(cluster), cluster
 
+
+def _store_outcome(connection, profile_name: str, outcome: Outcome,
+                   runs_dir: Path) -> None:
+    run = outcome.run
+    notebook_path = runs_dir / run.run_id / "train.ipynb"
+    if outcome.notebook_bytes is not None:
+        notebook_path.parent.mkdir(parents=True, exist_ok=True)
+        if outcome.notebook_path.resolve() != notebook_path.resolve():
+            notebook_path.write_bytes(outcome.notebook_bytes)
+    store.save_run(
+        connection, run.run_id, profile_name, run.phase, run.config.to_dict(),
+        outcome.status, outcome.record, outcome.error, str(notebook_path),
+        outcome.seconds_wall,
+    )
+    level = logging.INFO if outcome.status in store.DONE_STATUSES else logging.WARNING
+    log.log(level, "run %s (%s, %s, lr=%g, seed %d): %s%s", run.run_id,
+            run.config.dataset, run.config.optimizer, run.lr, run.config.seed,
+            outcome.status, f": {outcome.error}" if outcome.error else "")
+
+
+def _worker_death_outcome(run: PlannedRun, error: Exception, runs_dir: Path) -> Outcome:
+    return Outcome(
+        run, "crashed", None,
+        f"the run killed its Dask worker {WORKER_DEATHS_ALLOWED + 1} times "
+        f"(for example by exhausting memory): {type(error).__name__}: {error}",
+        runs_dir / run.run_id / "train.ipynb", 0.0,
+    )
+
+
+def _forget_runs(connection, profile_name, study, profile, only, retry_failed):
     if only:
-        known = set(store.load_statuses(connection)) | {
-            run.run_id for run in plan(study, profile, store.load_statuses(connection))[0]
-        }
+        results = store.load_statuses(connection)
+        known = set(results) | {run.run_id for run in plan(study, profile, results)[0]}
         unknown = [run_id for run_id in only if run_id not in known]
         if unknown:
             raise ValueError(
@@ -262,67 +119,124 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
                 "DELETE FROM runs WHERE status IN ('failed', 'crashed') AND profile = ?",
                 (profile_name,),
             )
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, jobs))
+
+
+def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
+              data_dir=None, device: str = "auto", jobs: int = 1,
+              retry_failed: bool = False, timeout: float | None = None,
+              memory_limit: int | None = None, only: list[str] | None = None,
+              notebook: Path = NOTEBOOK, cluster: ClusterSettings | None = None,
+              on_start=None, on_progress=None) -> dict:
+    """Run every missing run of a profile; return counts by status.
+
+    ``only`` restricts the call to the given run ids, which are run again
+    even when stored (to rerun one failed or crashed run alone).
+    ``on_start(client)`` is called once the cluster is up (to show the
+    dashboard); ``on_progress(outcome, done, planned, final)`` after each run
+    is stored. Both are called from the calling thread.
+    """
+    profile = study.profile(profile_name)
+    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR / profile_name).resolve()
+    data_dir = Path(data_dir).resolve() if data_dir else None
+    settings = cluster or ClusterSettings(jobs=jobs)
+    connection = store.connect(store_path)
+    prepare_data(profile.datasets, data_dir)
+    _forget_runs(connection, profile_name, study, profile, only, retry_failed)
+
+    client, local_cluster = start_client(settings)
+    remote = local_cluster is None
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    slots = max(1, sum(
+        worker.get("nthreads", 1)
+        for worker in client.scheduler_info().get("workers", {}).values()
+    ))
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // settings.jobs)
+    work_root = (settings.worker_runs_dir if remote and settings.worker_runs_dir
+                 else None)
+    if remote and work_root is None:
+        work_root = os.path.join("/tmp", "optstudy-runs", profile_name)
+    work_root = work_root or str(runs_dir)
+    log.info("cluster: %d workers, %d task slots, %d torch threads per run",
+             workers, slots, threads)
+    if on_start:
+        on_start(client)
+
+    owner = store.make_owner()
     counts: dict[str, int] = {}
     attempted: set[str] = set()
-
-    pool = ThreadPoolExecutor(max_workers=jobs)
     in_flight = {}
     try:
         while True:
             results = store.load_statuses(connection)
             planned, final = plan(study, profile, results)
+            busy_elsewhere = store.claimed_by_others(connection, owner)
             pending = [
                 run for run in planned
                 if run.run_id not in results and run.run_id not in attempted
+                and run.run_id not in busy_elsewhere
                 and (not only or run.run_id in only)
             ]
             done = sum(1 for run in planned if run.run_id in results)
-            if not pending and not in_flight:
+            waiting_for_others = any(
+                run.run_id in busy_elsewhere for run in planned
+                if run.run_id not in results
+            )
+            if not pending and not in_flight and not waiting_for_others:
                 break
-            for run in pending[: max(0, jobs - len(in_flight))]:
+            for run in pending[: max(0, slots - len(in_flight))]:
                 attempted.add(run.run_id)
-                future = pool.submit(
-                    execute_run, run, runs_dir, data_dir, device, threads, timeout,
-                    memory_limit, profile.checkpoint, notebook,
+                if not store.claim(connection, run.run_id, owner):
+                    continue
+                future = client.submit(
+                    run_task, run, work_root, str(data_dir) if data_dir else None,
+                    device, threads, timeout, memory_limit, profile.checkpoint,
+                    str(notebook), key=f"run-{run.run_id}-{owner}", pure=False,
                 )
                 in_flight[future] = run
-            if not in_flight:
-                break
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+
+            finished = _next_finished(in_flight)
+            store.heartbeat(connection, owner)
             for future in finished:
-                del in_flight[future]
-                outcome = future.result()
-                _store_outcome(connection, profile_name, outcome)
+                run = in_flight.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as error:  # KilledWorker and the like
+                    outcome = _worker_death_outcome(run, error, runs_dir)
+                _store_outcome(connection, profile_name, outcome, runs_dir)
                 counts[outcome.status] = counts.get(outcome.status, 0) + 1
                 done += 1
                 if on_progress:
                     on_progress(outcome, done, len(planned), final)
+                future.release()
     except BaseException:
-        # Ctrl-C or a kill of the runner: stop the runs in flight. Finished runs
-        # are already stored; the next start runs the rest, these included.
-        with _live_lock:
-            for process in list(_live_processes):
-                _kill_group(process)
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Ctrl-C or a kill of the runner: finished runs are already stored, and
+        # the next start runs the rest, including those in flight now.
+        for future in in_flight:
+            future.cancel()
+        kill_live_runs()
         raise
-    pool.shutdown()
-    connection.close()
+    finally:
+        store.release(connection, owner)
+        connection.close()
+        client.close()
+        if local_cluster is not None:
+            local_cluster.close()
     return counts
 
 
-def _store_outcome(connection, profile_name: str, outcome: Outcome) -> None:
-    run = outcome.run
-    store.save_run(
-        connection, run.run_id, profile_name, run.phase, run.config.to_dict(),
-        outcome.status, outcome.record, outcome.error,
-        str(outcome.notebook_path), outcome.seconds_wall,
-    )
-    level = logging.INFO if outcome.status in store.DONE_STATUSES else logging.WARNING
-    log.log(level, "run %s (%s, %s, lr=%g, seed %d): %s%s", run.run_id,
-            run.config.dataset, run.config.optimizer, run.lr, run.config.seed,
-            outcome.status, f": {outcome.error}" if outcome.error else "")
+def _next_finished(in_flight) -> list:
+    """Wait up to POLL_SECONDS for finished tasks; return them (maybe none)."""
+    from distributed import wait
+
+    if not in_flight:
+        time.sleep(POLL_SECONDS)  # other runners hold the runs this plan needs
+        return []
+    try:
+        finished = wait(list(in_flight), timeout=POLL_SECONDS,
+                        return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        return []
+    return list(finished.done)
 
 
 def export_records(store_path, folder) -> int:

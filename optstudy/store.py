@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
+import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +63,11 @@ CREATE TABLE IF NOT EXISTS epochs (
     test_accuracy REAL,
     seconds REAL,
     PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    heartbeat REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS loss_samples (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
@@ -150,6 +158,7 @@ def save_run(connection, run_id: str, profile: str, phase: str, config: dict,
     columns = ", ".join(row)
     marks = ", ".join(f":{key}" for key in row)
     with connection:
+        connection.execute("DELETE FROM claims WHERE run_id = ?", (run_id,))
         connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
         connection.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", row)
         connection.executemany(
@@ -169,3 +178,67 @@ def load_statuses(connection) -> dict[str, dict]:
         "SELECT run_id, status, final_valid_accuracy, final_valid_loss FROM runs"
     ).fetchall()
     return {row["run_id"]: dict(row) for row in rows}
+
+
+# --- Claims: two runners on one store never execute the same run -----------
+
+CLAIM_STALE_SECONDS = 120.0
+
+
+def make_owner() -> str:
+    """Return an owner id for this runner: host, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_gone(owner: str, heartbeat: float) -> bool:
+    """Tell whether a claim's runner is dead (same host) or silent for too long."""
+    host, pid, _ = owner.split(":", 2)
+    if host == socket.gethostname():
+        import psutil
+
+        if not psutil.pid_exists(int(pid)):
+            return True
+    return time.time() - heartbeat > CLAIM_STALE_SECONDS
+
+
+def claim(connection, run_id: str, owner: str) -> bool:
+    """Claim a run for ``owner``; return False if it is stored or claimed by a live runner."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if connection.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+            connection.execute("ROLLBACK")
+            return False
+        row = connection.execute(
+            "SELECT owner, heartbeat FROM claims WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row and row["owner"] != owner and not _owner_is_gone(*row):
+            connection.execute("ROLLBACK")
+            return False
+        connection.execute(
+            "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (run_id, owner, time.time())
+        )
+        connection.execute("COMMIT")
+        return True
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def claimed_by_others(connection, owner: str) -> set[str]:
+    """Return the run ids that live runners other than ``owner`` are executing."""
+    rows = connection.execute("SELECT run_id, owner, heartbeat FROM claims").fetchall()
+    return {
+        row["run_id"] for row in rows
+        if row["owner"] != owner and not _owner_is_gone(row["owner"], row["heartbeat"])
+    }
+
+
+def heartbeat(connection, owner: str) -> None:
+    with connection:
+        connection.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?",
+                           (time.time(), owner))
+
+
+def release(connection, owner: str) -> None:
+    with connection:
+        connection.execute("DELETE FROM claims WHERE owner = ?", (owner,))

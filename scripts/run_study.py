@@ -22,7 +22,9 @@ from tqdm import tqdm  # noqa: E402
 from optstudy import store  # noqa: E402
 from optstudy.data import DATA_ENV, DataNotFoundError  # noqa: E402
 from optstudy.optimizers import OptimizerNotFoundError  # noqa: E402
-from optstudy.runner import DEFAULT_RUNS_DIR, export_records, run_study  # noqa: E402
+from optstudy.runner import (  # noqa: E402
+    DEFAULT_RUNS_DIR, SCHEDULER_ENV, ClusterSettings, export_records, run_study,
+)
 from optstudy.study import DEFAULT_STUDY, StudyError, expected_run_count, load_study  # noqa: E402
 
 
@@ -42,7 +44,17 @@ def parse_arguments(argv=None):
                         "missing datasets are downloaded there")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs executed at once; CPU threads are split among them")
+                        help="workers of the local Dask cluster, one run each at a "
+                        "time; CPU cores are split among them")
+    parser.add_argument("--scheduler", default=None,
+                        help=f"address of a running Dask scheduler, e.g. "
+                        f"tcp://10.0.0.5:8786 (default: ${SCHEDULER_ENV}; unset: a "
+                        "local cluster)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: cores // --jobs)")
+    parser.add_argument("--worker-runs-dir", default=None,
+                        help="scratch folder for runs on remote workers "
+                        "(default: /tmp/optstudy-runs/<profile> on each worker)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds after which a run is stopped and stored as crashed")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
@@ -60,6 +72,9 @@ def parse_arguments(argv=None):
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # Dask logs every worker start and stop at INFO; the progress bar says enough.
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         study = load_study(arguments.study)
         profile = study.profile(arguments.profile)
@@ -87,6 +102,11 @@ def main(argv=None) -> int:
         )
         bar.refresh()
 
+    def on_start(client):
+        workers = client.scheduler_info().get("workers", {})
+        bar.write(f"Dask cluster: {len(workers)} workers; dashboard: "
+                  f"{client.dashboard_link}")
+
     started = time.perf_counter()
     try:
         counts = run_study(
@@ -95,7 +115,11 @@ def main(argv=None) -> int:
             retry_failed=arguments.retry_failed, timeout=arguments.timeout,
             memory_limit=(int(arguments.memory_limit_gb * 2**30)
                           if arguments.memory_limit_gb else None),
-            only=arguments.only, on_progress=on_progress,
+            only=arguments.only, on_progress=on_progress, on_start=on_start,
+            cluster=ClusterSettings(
+                scheduler=arguments.scheduler, jobs=arguments.jobs,
+                threads=arguments.threads, worker_runs_dir=arguments.worker_runs_dir,
+            ),
         )
     except (DataNotFoundError, ValueError) as error:
         bar.close()
