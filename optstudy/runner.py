@@ -140,8 +140,12 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
     data_dir = Path(data_dir).resolve() if data_dir else None
     settings = cluster or ClusterSettings(jobs=jobs)
     connection = store.connect(store_path)
-    prepare_data(profile.datasets, data_dir)
     _forget_runs(connection, profile_name, study, profile, only, retry_failed)
+    results = store.load_statuses(connection)
+    if all(run.run_id in results for run in plan(study, profile, results)[0]):
+        connection.close()
+        return {}  # nothing to run: no data needed, no cluster started
+    prepare_data(profile.datasets, data_dir)
 
     client, local_cluster = start_client(settings)
     remote = local_cluster is None
