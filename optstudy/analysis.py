@@ -4,7 +4,7 @@ The book's pages only glue and draw what these functions return, so each
 number in the article comes from one function here. Conventions:
 
 - A (dataset, optimizer) pair is a *cell*. Its *tuning runs* are the ``grid``
-  and ``extension`` phases at the first seed; its *tuned runs* are the
+  and ``extension`` phases at the first seed. Its *tuned runs* are the
   ``seed`` phase runs plus the first-seed tuning run at the same learning rate.
 - Tuning picks the learning rate by final validation accuracy
   (:func:`optstudy.study.score`); test accuracy is only reported.
@@ -23,11 +23,16 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .optimizers import class_default_lr, resolve_class
-from .study import Study, load_study, score
+from .models import ThreeConvThreeDense
+from .optimizers import build_optimizer, class_default_lr, resolve_class
+from .study import Study, load_study, plan_cell, score
 from .train import DIVERGENCE_FACTOR
 
-DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+DATASET_NAMES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+}
 TUNING_PHASES = ("grid", "extension")
 SEED_PHASE = "seed"
 BUDGET_KEYS = ("epochs", "batch_size", "train_size", "valid_size", "test_size")
@@ -35,6 +40,8 @@ FAILED_STATUSES = ("failed", "crashed")
 
 # The CIFAR-10 copy whose README is marked LOSSY (see optstudy.data.is_lossy_cifar)
 # was decoded from JPEG files written at this quality and chroma subsampling.
+# NOTE: records store only the lossy flag, so another lossy copy made with other
+# JPEG settings would still be described with these values.
 CIFAR_JPEG_QUALITY = 75
 CIFAR_JPEG_CHROMA = "4:2:0"
 
@@ -68,9 +75,9 @@ def open_store(path: str | os.PathLike | None = None):
 def load_runs(connection, profile: str | None = None) -> pd.DataFrame:
     """Return one row per stored run, with the budget and environment unpacked.
 
-    A store normally holds one profile. When it holds several and ``profile``
-    is None, a ValueError names them, because mixing budgets would make every
-    table wrong.
+    A store normally contains one profile. When it contains several and
+    ``profile`` is None, a ValueError names them, because mixing budgets would
+    make every table wrong.
     """
     frame = pd.read_sql_query(
         "SELECT * FROM runs ORDER BY finished_at, run_id", connection
@@ -89,7 +96,11 @@ def load_runs(connection, profile: str | None = None) -> pd.DataFrame:
 
 def _unpack_json(frame: pd.DataFrame) -> pd.DataFrame:
     configs = [json.loads(text) for text in frame["config_json"]]
-    records = [json.loads(text) if text else {} for text in frame["record_json"]]
+    # Failed and crashed runs have no record: SQL NULL, which pandas reads as NaN.
+    records = [
+        json.loads(text) if isinstance(text, str) else {}
+        for text in frame["record_json"]
+    ]
     environments = [record.get("environment") or {} for record in records]
 
     # Object columns keep None (a train_size of None means "all images").
@@ -129,7 +140,7 @@ def load_loss_samples(connection, run_ids) -> pd.DataFrame:
 
 
 def optimizer_order(study: Study, runs: pd.DataFrame) -> list[str]:
-    """Return study-file order, then stored optimizers the study file no longer lists."""
+    """Return study-file order, then stored optimizers that the study file lacks."""
     order = list(study.optimizers)
     extra = sorted(set(runs["optimizer"]) - set(order))
     return order + extra
@@ -146,7 +157,7 @@ def optimizer_labels(study: Study, names) -> dict[str, str]:
 
 
 def _as_result(row: pd.Series) -> dict:
-    """Convert a run row to the dict that ``optstudy.study.score`` reads (NaN as None)."""
+    """Convert a run row to the dict that ``optstudy.study.score`` reads (NaN: None)."""
 
     def plain(value):
         return None if value is None or pd.isna(value) else float(value)
@@ -205,7 +216,7 @@ def choose_lr(cell: pd.DataFrame) -> float | None:
 
 
 def tuned_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Return the tuned runs of every cell, whatever their status, with a ``tuned_lr``."""
+    """Return the tuned runs of every cell, of any status, with their ``tuned_lr``."""
     parts = []
     for _, cell in runs.groupby(["dataset", "optimizer"], sort=False):
         lr = choose_lr(cell)
@@ -293,6 +304,43 @@ def _dataset_order(runs: pd.DataFrame) -> list[str]:
     return known + sorted(present - set(known))
 
 
+def accuracy_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Format one dataset's summary for the page, best mean test accuracy first.
+
+    Spreads are over the completed tuned runs: the sample standard deviation
+    (blank for one seed), and the lowest and highest seed.
+    """
+    rows = summary[summary["dataset"] == dataset].sort_values(
+        ["rank", "label"], na_position="last"
+    )
+
+    def percent(value):
+        return "" if pd.isna(value) else f"{100 * value:.2f}"
+
+    def seeds(row):
+        text = str(int(row["seeds"]))
+        if row["seeds_diverged"]:
+            text += f" (+{int(row['seeds_diverged'])} diverged)"
+        if row["seeds_failed"]:
+            text += f" (+{int(row['seeds_failed'])} failed)"
+        return text
+
+    return pd.DataFrame({
+        "rank": ["" if pd.isna(r) else f"{r:.0f}" for r in rows["rank"]],
+        "optimizer": rows["label"].tolist(),
+        "tuned lr": ["none" if pd.isna(lr) else f"{lr:g}" for lr in rows["lr"]],
+        "seeds": [seeds(row) for _, row in rows.iterrows()],
+        "test accuracy, mean (%)": [percent(v) for v in rows["test_mean"]],
+        "std (points)": [percent(v) for v in rows["test_std"]],
+        "min (%)": [percent(v) for v in rows["test_min"]],
+        "max (%)": [percent(v) for v in rows["test_max"]],
+        "diverged in tuning": [
+            f"{int(d)} of {int(n)}" for d, n in zip(rows["grid_diverged"],
+                                                    rows["grid_runs"])
+        ],
+    })
+
+
 def sensitivity(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Return the tuning runs of one dataset with final validation accuracy and status.
 
@@ -323,13 +371,14 @@ def accuracy_curves(tuned: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
 
 
 def loss_curves(tuned: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
-    """Return mean, min and max sampled mini-batch loss per (optimizer, step) over seeds.
+    """Return mean, min and max sampled mini-batch loss per (optimizer, step).
 
     ``epoch`` is the step divided by the steps per epoch, so curves of runs
     with different budgets share an axis.
     """
     completed = tuned[tuned["status"] == "completed"].copy()
-    completed["steps_per_epoch"] = completed["steps"] / completed["epochs"].astype(float)
+    epochs = completed["epochs"].astype(float)
+    completed["steps_per_epoch"] = completed["steps"] / epochs
     merged = samples.dropna(subset=["loss"]).merge(
         completed[["run_id", "optimizer", "steps_per_epoch"]], on="run_id"
     )
@@ -343,29 +392,36 @@ def loss_curves(tuned: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 # --- Describing values in prose ----------------------------------------------
 
 
-def describe_values(values, none_text: str = "all") -> int | float | str:
-    """Return the single distinct value, or a text such as "2 to 3" or "128 or 256".
+def describe_values(values, none_text: str = "all") -> str:
+    """Describe the distinct values as text: "6,000", "2 to 3" or "128 or 256".
 
     None counts as ``none_text`` (a train_size of None means every image).
     Returns "none" for an empty input.
     """
-    distinct = sorted({none_text if v is None else v for v in values}, key=str)
+    distinct = {none_text if v is None else _plain(v) for v in values}
     numbers = sorted(v for v in distinct if not isinstance(v, str))
-    words = [v for v in distinct if isinstance(v, str)]
-    items = [_plain(v) for v in numbers] + words
-    if not items:
+    words = sorted(v for v in distinct if isinstance(v, str))
+    if not numbers and not words:
         return "none"
-    if len(items) == 1:
-        return items[0]
-    if not words and all(isinstance(v, int) for v in items) and (
-        items[-1] - items[0] == len(items) - 1
-    ):
-        return f"{items[0]} to {items[-1]}"
-    return ", ".join(str(v) for v in items[:-1]) + f" or {items[-1]}"
+    texts = [f"{v:,}" if isinstance(v, int) else f"{v:g}" for v in numbers] + words
+    if len(texts) == 1:
+        return texts[0]
+    consecutive = all(isinstance(v, int) for v in numbers) and not words and (
+        numbers[-1] - numbers[0] == len(numbers) - 1
+    )
+    if consecutive:
+        return f"{texts[0]} to {texts[-1]}"
+    return ", ".join(texts[:-1]) + f" or {texts[-1]}"
+
+
+def count_text(values, noun: str) -> str:
+    """Describe counts with their noun: "1 epoch", "2 epochs", "2 to 3 seeds"."""
+    text = describe_values(values)
+    return f"{text} {noun}" if text == "1" else f"{text} {noun}s"
 
 
 def _plain(value):
-    """Convert numpy scalars to Python numbers, so glue writes ``3`` and not ``np.int64(3)``."""
+    """Convert numpy scalars to Python numbers, so glue writes 3, not np.int64(3)."""
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -380,46 +436,50 @@ def format_points(fraction: float) -> str:
     return f"{100 * fraction:.2f} percentage points"
 
 
-def ranking_sentence(summary: pd.DataFrame, dataset: str) -> str:
-    """Return a sentence on which optimizer ranked first, worded from the numbers.
-
-    The first two optimizers are called separated only when every seed of the
-    first scored above every seed of the second. With one seed each, or with
-    overlapping seed ranges, the sentence says the order is not settled.
-    """
-    name = DATASET_NAMES.get(dataset, dataset)
+def ranked_optimizers(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Return the dataset's optimizers with a completed tuned run, best first."""
     ranked = summary[(summary["dataset"] == dataset) & (summary["seeds"] > 0)]
-    ranked = ranked.sort_values(["test_mean", "label"], ascending=[False, True])
+    return ranked.sort_values(["test_mean", "label"], ascending=[False, True])
+
+
+def no_ranking_sentence(dataset: str) -> str:
+    name = DATASET_NAMES.get(dataset, dataset)
+    return f"No optimizer finished a tuned run on {name}, so there is no ranking."
+
+
+def comparison_sentence(summary: pd.DataFrame, dataset: str) -> str:
+    """Compare the first optimizer with the runner-up, worded from the numbers.
+
+    The first two are called separated only when every seed of the first
+    scored above every seed of the second. With a single seed behind either,
+    or with overlapping seed ranges, the sentence states that the order is not
+    settled. With more than two optimizers it also names the last.
+    """
+    ranked = ranked_optimizers(summary, dataset)
     if ranked.empty:
-        return f"No optimizer finished a tuned run on {name}, so there is no ranking."
+        return no_ranking_sentence(dataset)
     first = ranked.iloc[0]
     if len(ranked) == 1:
-        return (
-            f"{first['label']} is the only optimizer with a finished tuned run on "
-            f"{name}: {format_percent(first['test_mean'])} mean test accuracy over "
-            f"{_seeds_text(first['seeds'])}."
-        )
+        return f"{first['label']} is the only optimizer with a finished tuned run."
     second, last = ranked.iloc[1], ranked.iloc[-1]
     gap = first["test_mean"] - second["test_mean"]
     opening = (
-        f"On {name}, {first['label']} ranked first with a mean test accuracy of "
-        f"{format_percent(first['test_mean'])} over {_seeds_text(first['seeds'])}, "
-        f"{format_points(gap)} ahead of {second['label']} "
-        f"({format_percent(second['test_mean'])})"
+        f"{first['label']} leads {second['label']} "
+        f"({format_percent(second['test_mean'])}) by {format_points(gap)}"
     )
     if min(first["seeds"], second["seeds"]) < 2:
         verdict = (
-            "; with a single seed behind at least one of them, this order is not "
-            "evidence of a difference."
+            ", but with a single seed behind at least one of them this order is "
+            "no evidence of a difference."
         )
     elif first["test_min"] > second["test_max"]:
         verdict = (
-            f"; every seed of {first['label']} scored above every seed of "
+            f", and every seed of {first['label']} scored above every seed of "
             f"{second['label']}."
         )
     else:
         verdict = (
-            "; their seed ranges overlap, so the gap is within seed-to-seed "
+            ", but their seed ranges overlap, so the gap is within seed-to-seed "
             "variation and the order is not settled."
         )
     closing = (
@@ -429,8 +489,19 @@ def ranking_sentence(summary: pd.DataFrame, dataset: str) -> str:
     return opening + verdict + closing
 
 
-def _seeds_text(count: int) -> str:
-    return f"{int(count)} seed" if int(count) == 1 else f"{int(count)} seeds"
+def ranking_sentence(summary: pd.DataFrame, dataset: str) -> str:
+    """Name the optimizer that ranked first on a dataset, then compare the others."""
+    ranked = ranked_optimizers(summary, dataset)
+    if ranked.empty:
+        return no_ranking_sentence(dataset)
+    first = ranked.iloc[0]
+    name = DATASET_NAMES.get(dataset, dataset)
+    seeds = count_text([int(first["seeds"])], "seed")
+    return (
+        f"On {name}, {first['label']} ranked first with a mean test accuracy of "
+        f"{format_percent(first['test_mean'])} over {seeds}. "
+        + comparison_sentence(summary, dataset)
+    )
 
 
 # --- Per-page reports -----------------------------------------------------------
@@ -438,7 +509,7 @@ def _seeds_text(count: int) -> str:
 
 @dataclass
 class Context:
-    """What every page needs: the store's runs, the study file and the colours."""
+    """The store's runs, the study file, labels and colours that every page uses."""
 
     path: Path
     runs: pd.DataFrame
@@ -481,7 +552,9 @@ class DatasetReport:
     values: dict
 
 
-def dataset_report(dataset: str, path: str | os.PathLike | None = None) -> DatasetReport:
+def dataset_report(
+    dataset: str, path: str | os.PathLike | None = None
+) -> DatasetReport:
     """Build the tables, figure data and glue values of one results chapter."""
     context = load_context(path)
     runs = context.runs[context.runs["dataset"] == dataset]
@@ -494,7 +567,9 @@ def dataset_report(dataset: str, path: str | os.PathLike | None = None) -> Datas
         context=context,
         summary=summary,
         sensitivity=sensitivity(runs, dataset),
-        accuracy_curves=accuracy_curves(tuned, load_epochs(context.connection, run_ids)),
+        accuracy_curves=accuracy_curves(
+            tuned, load_epochs(context.connection, run_ids)
+        ),
         loss_curves=loss_curves(tuned, load_loss_samples(context.connection, run_ids)),
         values={},
     )
@@ -506,7 +581,7 @@ def _dataset_values(report: DatasetReport, runs: pd.DataFrame, tuned) -> dict:
     summary = report.summary
     tuning = runs[runs["phase"].isin(TUNING_PHASES)]
     finished_tuning = tuning[tuning["status"].isin(store.DONE_STATUSES)]
-    ranked = summary[summary["seeds"] > 0].sort_values("test_mean", ascending=False)
+    ranked = ranked_optimizers(summary, report.dataset)
     best = ranked.iloc[0] if not ranked.empty else None
     values = {
         "name": report.name,
@@ -514,7 +589,7 @@ def _dataset_values(report: DatasetReport, runs: pd.DataFrame, tuned) -> dict:
         "n_runs": len(runs),
         "n_optimizers": runs["optimizer"].nunique(),
         "n_ranked": len(ranked),
-        "seeds": describe_values(summary["seeds"].tolist()),
+        "seeds_text": count_text(ranked["seeds"].tolist(), "seed"),
         "first_seed": describe_values(tuning["seed"].tolist()),
         "n_tuning": len(finished_tuning),
         "n_tuning_diverged": int((finished_tuning["status"] == "diverged").sum()),
@@ -524,9 +599,16 @@ def _dataset_values(report: DatasetReport, runs: pd.DataFrame, tuned) -> dict:
         "best_label": best["label"] if best is not None else "none",
         "best_test_mean": float(best["test_mean"]) if best is not None else math.nan,
         "best_lr": float(best["lr"]) if best is not None else math.nan,
-        "ranking": ranking_sentence(summary, report.dataset),
+        "best_seeds_text": count_text([int(best["seeds"])], "seed") if best is not None
+        else "no seeds",
+        "comparison": comparison_sentence(summary, report.dataset),
+        "accuracy_table_md": markdown_table(accuracy_table(summary, report.dataset)),
         "limits": limits_sentence(runs),
-        "notice_md": dataset_notice(report.dataset, runs, summary),
+        "notice_md": dataset_notice(
+            report.dataset, runs, summary,
+            [report.context.labels.get(o, o) for o in unfinished_optimizers(
+                report.context, report.dataset)],
+        ),
     }
     values.update(budget_values(runs))
     values["diverged_share"] = (
@@ -537,8 +619,10 @@ def _dataset_values(report: DatasetReport, runs: pd.DataFrame, tuned) -> dict:
 
 
 def budget_values(runs: pd.DataFrame) -> dict:
-    """Describe the stored budget: epochs, batch size and split sizes."""
-    return {key: describe_values(runs[key].tolist()) for key in BUDGET_KEYS}
+    """Describe the stored budget: epochs, batch size and split sizes, as text."""
+    values = {key: describe_values(runs[key].tolist()) for key in BUDGET_KEYS}
+    values["epochs_text"] = count_text(runs["epochs"].tolist(), "epoch")
+    return values
 
 
 def hardware_text(runs: pd.DataFrame) -> str:
@@ -546,68 +630,111 @@ def hardware_text(runs: pd.DataFrame) -> str:
     parts = []
     done = runs[runs["device"].notna()]
     for (device, name), group in done.groupby(["device", "device_name"], sort=True):
-        threads = describe_values(group["threads"].tolist())
-        noun = "thread" if threads == 1 else "threads"
-        parts.append(f"{device} ({name}) with {threads} {noun} per run")
+        threads = count_text(group["threads"].tolist(), "thread")
+        parts.append(f"{device} ({name}) with {threads} per run")
     return "; ".join(parts) if parts else "no device recorded"
 
 
 def limits_sentence(runs: pd.DataFrame) -> str:
     """Say what the evidence cannot show, with the budget, seed count and hardware."""
     if runs.empty:
-        return "Without runs this chapter shows no evidence at all."
+        return "Without runs, this chapter shows no evidence at all."
     tuned = tuned_runs(runs)
-    seeds = describe_values(
-        tuned[tuned["status"] == "completed"].groupby("optimizer").size().tolist()
+    completed = tuned[tuned["status"] == "completed"].groupby(
+        ["dataset", "optimizer"]
+    ).size()
+    seeds = (
+        f"{count_text(completed.tolist(), 'seed')} per tuned optimizer"
+        if len(completed) else "no completed tuned run"
     )
-    epochs = describe_values(runs["epochs"].tolist())
+    epochs = count_text(runs["epochs"].tolist(), "epoch")
     train = describe_values(runs["train_size"].tolist())
-    epoch_word = "epoch" if epochs == 1 else "epochs"
     devices = set(runs["device"].dropna())
     hardware = (
-        "on CPUs only, so wall-clock times say nothing about accelerators"
+        "on CPUs only, so its times say nothing about accelerators"
         if devices and all(str(d).startswith("cpu") for d in devices)
         else f"on {hardware_text(runs)}"
     )
     return (
-        f"The evidence is {epochs} {epoch_word} on {train} training images, with "
-        f"{seeds} seeds per tuned optimizer, {hardware}. It cannot show which "
-        "optimizer is best after a full training budget, because the ranking of "
-        "optimizers often changes as training goes on, and with so few seeds a "
-        "difference smaller than the seed-to-seed spread is not a difference."
+        f"The evidence is {epochs} on {train} training images, with {seeds}, "
+        f"{hardware}. It cannot show which optimizer is best after a full "
+        "training budget, because an optimizer that leads early can fall behind "
+        "later. With so few seeds, a gap smaller than the seed-to-seed spread is "
+        "no evidence of a difference. And it covers one network per dataset, one "
+        "batch size and the learning rate as the only tuned hyperparameter."
     )
 
 
-def dataset_notice(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """Return MyST admonitions for a results chapter: no runs, lossy data, failures."""
+def dataset_notice(dataset: str, runs: pd.DataFrame, summary: pd.DataFrame,
+                   unfinished: list[str]) -> str:
+    """Return MyST admonitions for a results chapter.
+
+    They cover a dataset without runs, the JPEG-decoded CIFAR-10 copy, failed
+    runs, optimizers without a tuned run, and the labels in ``unfinished``
+    (optimizers whose planned runs are not all stored yet).
+    """
     name = DATASET_NAMES.get(dataset, dataset)
+    labels = dict(zip(summary["optimizer"], summary["label"]))
     if runs.empty:
         return (
             "```{warning}\n"
-            f"The results store contains no runs for {name}, so this chapter has no "
-            "figures or numbers to show: the values below read n/a or none. Run the "
-            "study on this dataset (`python scripts/run_study.py`) and rebuild.\n```\n"
+            f"The results store contains no runs for {name}, so this chapter has "
+            "no figures or numbers to show, and the values below read nan or none. "
+            "Run the study on this dataset (`python scripts/run_study.py`) and "
+            "rebuild.\n```\n"
         )
     notes = []
+    if unfinished:
+        notes.append(_admonition(
+            "warning",
+            f"The study had not finished on {name} when this book was built: runs "
+            f"of {', '.join(unfinished)} are still missing from the store, so "
+            "their tuned learning rates, seed counts and ranks may change.",
+        ))
     if lossy_cifar(runs) and dataset == "cifar10":
         notes.append(_admonition("note", lossy_cifar_sentence()))
     failed = runs[runs["status"].isin(FAILED_STATUSES)]
     if not failed.empty:
-        which = ", ".join(sorted(set(failed["optimizer"])))
+        which = ", ".join(sorted({labels.get(o, o) for o in failed["optimizer"]}))
         notes.append(_admonition(
             "warning",
-            f"{len(failed)} runs on {name} failed or crashed ({which}) and are "
-            "left out of every aggregate; `scripts/run_study.py --retry-failed` "
-            "runs them again.",
+            f"Of the runs on {name}, {len(failed)} failed or crashed ({which}). "
+            "They are left out of every aggregate, and "
+            "`scripts/run_study.py --retry-failed` runs them again.",
         ))
     untuned = summary[summary["seeds"] == 0]["label"].tolist()
     if untuned:
+        subject = "This optimizer appears" if len(untuned) == 1 else (
+            "These optimizers appear"
+        )
         notes.append(_admonition(
             "note",
-            f"No tuned run finished on {name} for: {', '.join(untuned)}. These "
-            "optimizers appear in the sensitivity plot but not in the ranking.",
+            f"No tuned run finished on {name} for {', '.join(untuned)}. {subject} "
+            "in the sensitivity plot but not in the ranking.",
         ))
     return "\n".join(notes)
+
+
+def unfinished_optimizers(context: Context, dataset: str) -> list[str]:
+    """Return the optimizers whose planned runs on a dataset are not all stored.
+
+    The runner's own planner decides what each optimizer still needs, from
+    the stored statuses. Failed runs count as stored, as they do for the
+    runner. The list is empty when the dataset has no runs, and when study.yml
+    no longer defines the store's profile, so that nothing can be planned.
+    """
+    profile = context.study.profiles.get(context.profile)
+    has_runs = (context.runs["dataset"] == dataset).any()
+    if profile is None or dataset not in profile.datasets or not has_runs:
+        return []
+    results = store.load_statuses(context.connection)
+    unfinished = []
+    for name in profile.optimizers:
+        entry = context.study.optimizers[name]
+        planned, final = plan_cell(context.study, profile, entry, dataset, results)
+        if not final or any(run.run_id not in results for run in planned):
+            unfinished.append(name)
+    return unfinished
 
 
 def _admonition(kind: str, text: str) -> str:
@@ -633,7 +760,7 @@ def lossy_cifar_sentence() -> str:
 
 
 def conclusions(context: Context) -> tuple[pd.DataFrame, dict]:
-    """Return the rank table (optimizer by dataset) and the glue values of the conclusions."""
+    """Return the rank frame (optimizer by dataset) and the conclusions' glue values."""
     summary = summarise(context.runs, context.study)
     ranked = summary[summary["seeds"] > 0]
     datasets = _dataset_order(context.runs)
@@ -645,11 +772,52 @@ def conclusions(context: Context) -> tuple[pd.DataFrame, dict]:
         values[f"ranking_{dataset}"] = ranking_sentence(summary, dataset)
     values["overall"] = overall_sentence(ranks, context.labels)
     values["settled"] = settled_sentence(summary, datasets)
+    values["limits"] = limits_sentence(context.runs)
+    values["rank_table_md"] = markdown_table(rank_table(ranks, context.labels))
+    values["progress_md"] = progress_notice(context)
     return ranks, values
 
 
+def progress_notice(context: Context) -> str:
+    """Return a MyST warning naming the datasets on which the study is unfinished."""
+    profile = context.study.profiles.get(context.profile)
+    if profile is None:
+        return ""
+    unfinished = []
+    for dataset in profile.datasets:
+        name = DATASET_NAMES.get(dataset, dataset)
+        if not (context.runs["dataset"] == dataset).any():
+            unfinished.append(f"{name} (no runs yet)")
+        elif optimizers := unfinished_optimizers(context, dataset):
+            labels = ", ".join(context.labels.get(o, o) for o in optimizers)
+            unfinished.append(f"{name} ({labels})")
+    if not unfinished:
+        return ""
+    return _admonition(
+        "warning",
+        f"The study had not finished when this book was built. Runs are still "
+        f"missing on {'; '.join(unfinished)}, so the rankings below may change.",
+    )
+
+
+def rank_table(ranks: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Format the rank frame of ``conclusions``, blank where it ranks no optimizer."""
+    names = [labels.get(name, name) for name in ranks.index]
+    table = pd.DataFrame({"optimizer": names})
+    for dataset in ranks.columns:
+        table[DATASET_NAMES.get(dataset, dataset)] = [
+            "" if pd.isna(rank) else f"{rank:.0f}" for rank in ranks[dataset]
+        ]
+    complete = ranks.notna().all(axis=1)
+    table["mean rank"] = [
+        f"{mean:.1f}" if full else ""
+        for mean, full in zip(ranks.mean(axis=1), complete)
+    ]
+    return table
+
+
 def overall_sentence(ranks: pd.DataFrame, labels: dict[str, str]) -> str:
-    """Name the optimizer with the best mean rank over the datasets it was ranked on all of."""
+    """Name the best mean rank among the optimizers ranked on every dataset."""
     names = [DATASET_NAMES.get(d, d) for d in ranks.columns]
     if len(ranks.columns) < 2:
         return ("Results exist for fewer than two datasets, so there is no "
@@ -658,18 +826,25 @@ def overall_sentence(ranks: pd.DataFrame, labels: dict[str, str]) -> str:
     if complete.empty:
         return "No optimizer was ranked on every dataset, so there is no overall order."
     mean_rank = complete.mean(axis=1).sort_values()
+    datasets = f"{', '.join(names[:-1])} and {names[-1]}"
+    if len(complete) == 1:
+        only = labels.get(complete.index[0], complete.index[0])
+        return (
+            f"Only {only} was ranked on all of {datasets} (mean rank "
+            f"{mean_rank.iloc[0]:.1f}), so there is no order across datasets yet."
+        )
     best = mean_rank[mean_rank == mean_rank.iloc[0]].index.tolist()
     who = " and ".join(labels.get(b, b) for b in best)
     verb = "share" if len(best) > 1 else "has"
     return (
-        f"Over {', '.join(names[:-1])} and {names[-1]}, {who} {verb} the best mean "
-        f"rank ({mean_rank.iloc[0]:.1f} among {len(complete)} optimizers ranked on "
+        f"Over {datasets}, {who} {verb} the best mean rank "
+        f"({mean_rank.iloc[0]:.1f}, among {len(complete)} optimizers ranked on "
         "every dataset)."
     )
 
 
 def settled_sentence(summary: pd.DataFrame, datasets: list[str]) -> str:
-    """Count the datasets on which the seed ranges of the first two optimizers overlap."""
+    """Count the datasets where the seed ranges of the first two optimizers overlap."""
     overlapping = []
     separated = []
     for dataset in datasets:
@@ -704,7 +879,9 @@ def optimizer_table(study: Study) -> pd.DataFrame:
     rows = []
     for entry in study.optimizers.values():
         default = class_default_lr(resolve_class(entry.reference).cls)
-        fixed = ", ".join(f"{key}={value}" for key, value in entry.hyperparameters.items())
+        fixed = ", ".join(
+            f"{key}={value}" for key, value in entry.hyperparameters.items()
+        )
         rows.append({
             "name": entry.name,
             "label": entry.label,
@@ -719,10 +896,71 @@ def optimizer_table(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Constructor flags that choose a kernel or tracing mode; left at their defaults
+# (maximize=False included) they do not change the update rule.
+IMPLEMENTATION_FLAGS = {"capturable", "differentiable", "foreach", "fused", "maximize"}
+
+
+def optimizer_defaults_table(study: Study) -> pd.DataFrame:
+    """List every constructor setting in effect per optimizer, defaults included.
+
+    Each optimizer is built on a one-element tensor with the study file's
+    fixed hyperparameters, and its ``defaults`` dictionary is read back, the
+    same way the training loop records them. Settings that are None, and the
+    flags in IMPLEMENTATION_FLAGS, are left out.
+    """
+    import torch
+
+    rows = []
+    for entry in study.optimizers.values():
+        parameter = torch.zeros(1, requires_grad=True)
+        _, used = build_optimizer(resolve_class(entry.reference), [parameter],
+                                  entry.hyperparameters)
+        used.pop("lr", None)
+        settings = ", ".join(
+            f"{key}={_format_setting(value)}" for key, value in used.items()
+            if value is not None and key not in IMPLEMENTATION_FLAGS
+        )
+        rows.append({"optimizer": entry.label, "settings besides lr": settings})
+    return pd.DataFrame(rows)
+
+
+def _format_setting(value) -> str:
+    if isinstance(value, list):
+        return "(" + ", ".join(_format_setting(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """Render a frame as a Markdown table, for ``{glue:md}`` inside a ``{table}``.
+
+    Cells are written as given (no number parsing, so "1.10" keeps its zero),
+    columns whose cells all read as numbers are right-aligned, and pipes are
+    escaped so that a label cannot split a column.
+    """
+    text = frame.astype(str).apply(lambda column: column.str.replace("|", "\\|"))
+    alignment = [
+        "right" if all(_is_number(cell) for cell in text[column] if cell) else "left"
+        for column in text.columns
+    ]
+    return text.to_markdown(index=False, disable_numparse=True, colalign=alignment)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def method_values(context: Context) -> dict:
-    """Return the glue values of the method chapter: protocol, budget, models, hardware."""
+    """Return the method chapter's glue values: protocol, budget, models, hardware."""
     runs = context.runs
-    profile = context.study.profile(context.profile) if not runs.empty else None
+    # None when the store is empty, or when its profile came from another study file.
+    profile = context.study.profiles.get(context.profile)
     models = {}
     for model, group in runs.dropna(subset=["model"]).groupby("model"):
         models[model] = describe_values(group["model_parameters"].dropna().tolist())
@@ -736,6 +974,7 @@ def method_values(context: Context) -> dict:
         "n_failed": int(runs["status"].isin(FAILED_STATUSES).sum()),
         "parameters_2c2d": models.get("2c2d", "none"),
         "parameters_3c3d": models.get("3c3d", "none"),
+        "l2_3c3d": ThreeConvThreeDense.weight_decay,
         "cifar_note_md": _admonition("note", lossy_cifar_sentence())
         if lossy_cifar(runs) else "",
     }
@@ -745,16 +984,28 @@ def method_values(context: Context) -> dict:
 
 
 def protocol_values(profile) -> dict:
-    """Describe the tuning protocol of a study-file profile (None: no runs)."""
+    """Describe the tuning protocol of a study-file profile as text.
+
+    ``profile`` None (no runs, or a profile that study.yml does not define)
+    gives "unknown" for every value.
+    """
     if profile is None:
-        return {"grid_points": "none", "grid_step": "none", "max_extensions": "none",
-                "n_seeds": "none", "seed_list": "none"}
+        return {"grid_points": "unknown", "grid_spacing": "unknown",
+                "max_extensions": "unknown", "n_seeds": "unknown",
+                "seed_list": "unknown"}
+    if profile.lr_values:
+        points = len(profile.lr_values)
+        spacing = "from a fixed list"
+        extensions = "0 times"
+    else:
+        points = profile.lr_points
+        spacing = f"spaced {count_text([profile.lr_step_decades], 'decade')} apart"
+        extensions = count_text([profile.max_extensions], "time")
     return {
-        "grid_points": len(profile.lr_values) if profile.lr_values
-        else profile.lr_points,
-        "grid_step": "a fixed list" if profile.lr_values else profile.lr_step_decades,
-        "max_extensions": 0 if profile.lr_values else profile.max_extensions,
-        "n_seeds": len(profile.seeds),
+        "grid_points": str(points),
+        "grid_spacing": spacing,
+        "max_extensions": extensions,
+        "n_seeds": str(len(profile.seeds)),
         "seed_list": ", ".join(str(s) for s in profile.seeds),
     }
 
@@ -775,17 +1026,41 @@ def versions_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing_values(runs: pd.DataFrame) -> dict:
-    """Return the summed wall time of the runs and the span of their finish times, in hours."""
+    """Return the summed wall time of the runs and the span of their finish times.
+
+    ``wall_hours`` and ``span_hours`` are numbers; the ``_text`` values state
+    the same durations in a readable unit for the prose.
+    """
     wall = runs["seconds_wall"].dropna()
     finished = runs["finished_at"].dropna()
-    span = (finished.max() - finished.min()).total_seconds() if len(finished) else math.nan
+    wall_seconds = float(wall.sum()) if len(wall) else math.nan
+    span_seconds = (
+        (finished.max() - finished.min()).total_seconds() if len(finished) else math.nan
+    )
     return {
-        "wall_hours": float(wall.sum()) / 3600 if len(wall) else math.nan,
-        "span_hours": span / 3600,
-        "first_finished": finished.min().isoformat() if len(finished) else "none",
-        "last_finished": finished.max().isoformat() if len(finished) else "none",
+        "wall_hours": wall_seconds / 3600,
+        "span_hours": span_seconds / 3600,
+        "wall_text": format_duration(wall_seconds),
+        "span_text": format_duration(span_seconds),
+        "first_finished": _format_time(finished.min()) if len(finished) else "none",
+        "last_finished": _format_time(finished.max()) if len(finished) else "none",
         "n_timed": len(wall),
     }
+
+
+def format_duration(seconds: float) -> str:
+    """Format a duration in seconds, minutes or hours, whichever reads best."""
+    if pd.isna(seconds):
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} seconds"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} minutes"
+    return f"{seconds / 3600:.2f} hours"
+
+
+def _format_time(timestamp: pd.Timestamp) -> str:
+    return timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def reproducibility_values(context: Context) -> dict:
@@ -797,6 +1072,7 @@ def reproducibility_values(context: Context) -> dict:
         "n_runs": len(runs),
         "hardware": hardware_text(runs),
         "platform": describe_values(runs["platform"].dropna().tolist()),
+        "versions_table_md": markdown_table(versions_table(runs)),
     }
     values.update(timing_values(runs))
     return values
@@ -823,7 +1099,7 @@ def toy_gradient(x):
 
 def gradient_descent_path(lr: float, start: float = ILLUSTRATION_START,
                           steps: int = ILLUSTRATION_STEPS) -> list[float]:
-    """Return the points that gradient descent on ``toy_loss`` visits, start included."""
+    """Return the points gradient descent on ``toy_loss`` visits, start included."""
     points = [start]
     for _ in range(steps):
         x = points[-1] - lr * toy_gradient(points[-1])
@@ -834,7 +1110,7 @@ def gradient_descent_path(lr: float, start: float = ILLUSTRATION_START,
 
 
 def illustration() -> tuple[dict, dict]:
-    """Return the example's paths by learning rate and the glue values that describe them."""
+    """Return the example's paths by learning rate, and glue values describing them."""
     paths = {lr: gradient_descent_path(lr) for lr in ILLUSTRATION_LRS}
     grid = np.linspace(-3, 3, 6001)
     losses = toy_loss(grid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 
 # One fixed colour per optimizer entry, in study-file order, so an optimizer
@@ -119,6 +120,7 @@ def plot_learning_curves(loss_curves, accuracy_curves, colours: dict, labels: di
               100 * accuracy["max"], colour)
 
     loss_axis.set_yscale("log")
+    _plain_log_labels(loss_axis.yaxis)
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("mini-batch training loss (nats, log scale)")
     accuracy_axis.set_xlabel("epoch")
@@ -126,6 +128,19 @@ def plot_learning_curves(loss_curves, accuracy_curves, colours: dict, labels: di
     accuracy_axis.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     figure.tight_layout()
     return figure
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis with plain numbers (0.5, 2) instead of powers of ten.
+
+    Minor ticks get labels only when the axis spans less than one decade,
+    where there would otherwise be at most one label.
+    """
+    plain = mticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    low, high = axis.get_view_interval()
+    narrow = low > 0 and np.log10(high / low) < 1
+    axis.set_minor_formatter(plain if narrow else mticker.NullFormatter())
 
 
 def plot_sensitivity(sensitivity, colours: dict, labels: dict):
@@ -141,9 +156,15 @@ def plot_sensitivity(sensitivity, colours: dict, labels: dict):
     order = [name for name in colours if name in set(sensitivity["optimizer"])]
     columns = min(4, len(order))
     rows = -(-len(order) // columns)
+    legend_columns = 4 if columns >= 3 else 2
+    legend_height = 0.5 if columns >= 3 else 0.75  # inches below the panels
     with _whitegrid():
-        figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows),
-                                    sharey=True, squeeze=False)
+        figure, axes = plt.subplots(
+            # At least 6.4 inches wide, so the legend fits under a single panel.
+            rows, columns,
+            figsize=(max(3.2 * columns, 6.4), 3.0 * rows + legend_height),
+            sharey=True, squeeze=False,
+        )
     missing_y = sum(MISSING_STRIP) / 2
     for axis, name in zip(axes.flat, order):
         colour = colours[name]
@@ -170,10 +191,10 @@ def plot_sensitivity(sensitivity, colours: dict, labels: dict):
     for axis in list(axes.flat)[len(order):]:
         axis.set_axis_off()
     figure.legend(
-        handles=_sensitivity_legend(), loc="lower center", ncol=4, frameon=False,
-        bbox_to_anchor=(0.5, -0.02),
+        handles=_sensitivity_legend(), loc="lower center", ncol=legend_columns,
+        frameon=False,
     )
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     return figure
 
 
@@ -200,14 +221,16 @@ def plot_final_accuracy(summary, colours: dict, datasets: dict):
     Takes the frame of ``analysis.summarise``.
     """
     ranked = summary[summary["seeds"] > 0]
-    shown = [key for key in datasets if key in set(ranked["dataset"])]
-    if not shown:
+    panels = [key for key in datasets if key in set(ranked["dataset"])]
+    if not panels:
         return empty_figure("no completed tuned runs to draw")
     order = [name for name in colours if name in set(ranked["optimizer"])]
     with _whitegrid():
-        figure, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 0.5 +
-                                    0.32 * len(order)), sharey=True, squeeze=False)
-    for axis, dataset in zip(axes[0], shown):
+        figure, axes = plt.subplots(
+            1, len(panels), figsize=(3.6 * len(panels), 1.2 + 0.32 * len(order)),
+            sharey=True, squeeze=False,
+        )
+    for axis, dataset in zip(axes[0], panels):
         rows = ranked[ranked["dataset"] == dataset].set_index("optimizer")
         for position, name in enumerate(order):
             if name not in rows.index:
@@ -229,12 +252,15 @@ def plot_learning_rate_illustration(paths: dict, loss, x_range=(-3.2, 3.2)):
     """Draw gradient descent on a one-dimensional loss for several learning rates.
 
     ``paths`` maps each learning rate to the visited points; ``loss`` is the
-    function. Left: the paths on the loss curve. Right: loss against step.
-    Points outside ``x_range`` (a diverging path) are drawn at its edge.
+    function. Left: the paths on the loss curve, each drawn up to its first
+    point outside ``x_range``, which is drawn at the edge. Right: loss against
+    step.
     """
     import seaborn as sns
 
-    palette = sns.color_palette("crest", n_colors=len(paths))
+    # A sequential palette without its pale end: colour encodes the size of
+    # the learning rate, and stays apart from the optimizer colours.
+    palette = sns.color_palette("viridis", n_colors=len(paths) + 1)[:len(paths)]
     with _whitegrid():
         figure, (curve_axis, step_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     grid = np.linspace(*x_range, 400)
@@ -242,8 +268,10 @@ def plot_learning_rate_illustration(paths: dict, loss, x_range=(-3.2, 3.2)):
     top = 2 * float(loss(grid).max())
     for colour, (lr, points) in zip(palette, paths.items()):
         points = np.asarray(points, dtype=float)
-        shown = np.clip(points, *x_range)
-        curve_axis.plot(shown, loss(shown), marker="o", markersize=3, lw=0.8,
+        outside = np.flatnonzero((points < x_range[0]) | (points > x_range[1]))
+        end = outside[0] + 1 if len(outside) else len(points)
+        drawn = np.clip(points[:end], *x_range)
+        curve_axis.plot(drawn, loss(drawn), marker="o", markersize=3, lw=0.8,
                         color=colour, label=f"lr = {lr:g}")
         step_axis.plot(range(len(points)), np.minimum(loss(points), top),
                        marker="o", markersize=3, lw=1, color=colour,

@@ -1,0 +1,198 @@
+"""Build the Jupyter Book from a results store and check the published pages.
+
+The build executes every page, so it needs a store with real runs. The
+``book_store`` fixture takes it from ``$OPTSTUDY_TEST_STORE`` when set, and
+otherwise runs the smoke profile of the study (about a minute of training on
+two cores, with the data under ``$OPTSTUDY_DATA``). A full build takes a few
+minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from optstudy import store
+from optstudy.data import DataNotFoundError, load_arrays, resolve_data_root
+from optstudy.study import load_study
+
+TEST_STORE_ENV = "OPTSTUDY_TEST_STORE"
+JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
+CHAPTERS = [
+    "index",
+    "introduction",
+    "optimizers",
+    "method",
+    "results_mnist",
+    "results_fashion_mnist",
+    "results_cifar10",
+    "conclusions",
+    "adding_an_optimizer",
+    "reproducibility",
+]
+# Seconds allowed for the smoke study and for one book build; both are
+# estimates with a wide margin over what two busy cores needed.
+STUDY_TIMEOUT = 1800
+BUILD_TIMEOUT = 1800
+
+
+def build_book(store_path: Path, output: Path) -> subprocess.CompletedProcess:
+    """Run the documented build command with OPTSTUDY_STORE set, into ``output``."""
+    environment = {**os.environ, store.STORE_ENV: str(store_path)}
+    command = [
+        str(JUPYTER_BOOK), "build", str(REPO_ROOT), "-W", "-n", "--keep-going",
+        "--path-output", str(output),
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True,
+                          text=True, timeout=BUILD_TIMEOUT)
+
+
+def missing_smoke_data() -> list[str]:
+    """Return the smoke profile's datasets that are not on disk (never downloads)."""
+    missing = []
+    for dataset in load_study().profile("smoke").datasets:
+        try:
+            load_arrays(dataset, "test", download=False)
+        except DataNotFoundError:
+            missing.append(dataset)
+    return missing
+
+
+@pytest.fixture(scope="session")
+def book_store(tmp_path_factory) -> Path:
+    """Return a results store to build the book from.
+
+    ``$OPTSTUDY_TEST_STORE`` names an existing store, which is only read.
+    Without it, the smoke profile runs into a temporary store; the test is
+    skipped when the data for that run are missing.
+    """
+    setting = os.environ.get(TEST_STORE_ENV)
+    if setting:
+        path = Path(setting).expanduser().resolve()
+        if not path.is_file():
+            pytest.fail(f"${TEST_STORE_ENV}={setting}: store file not found")
+        return path
+
+    missing = missing_smoke_data()
+    if missing:
+        pytest.skip(
+            f"no data for the smoke study under {resolve_data_root()} (missing: "
+            f"{', '.join(missing)}); set $OPTSTUDY_DATA to a data root or "
+            f"${TEST_STORE_ENV} to an existing store"
+        )
+    folder = tmp_path_factory.mktemp("smoke_study")
+    path = folder / "results.sqlite"
+    command = [
+        sys.executable, "scripts/run_study.py", "--profile", "smoke",
+        "--store", str(path), "--runs-dir", str(folder / "runs"), "--jobs", "2",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=STUDY_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return path
+
+
+@pytest.fixture(scope="module")
+def built_book(book_store, tmp_path_factory):
+    """Build the book once for this module; return the result and the HTML folder."""
+    # Matplotlib prints a one-time message to stderr while it builds its font
+    # cache, and the book turns any stderr output into a build error.
+    import matplotlib.font_manager  # noqa: F401
+
+    output = tmp_path_factory.mktemp("book")
+    result = build_book(book_store, output)
+    return result, output / "_build" / "html"
+
+
+def build_log(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout[-4000:] + "\n" + result.stderr[-4000:]).strip()
+
+
+def pasted_texts(page: Path) -> list[str]:
+    """Return the texts that glue roles inserted into a page, in order."""
+    return re.findall(r'<span class="pasted-text">([^<]*)</span>', page.read_text())
+
+
+def reference_best_mean(path: Path, dataset: str) -> float:
+    """Compute the best mean test accuracy of tuned runs with plain SQL and Python.
+
+    This is an independent reference for the analysis module. The tuned rate
+    is the rate of the ``seed`` phase runs. Before they exist, it is the rate
+    of the completed first-seed tuning run with the highest validation
+    accuracy (then lowest validation loss, then lowest rate). The tuned runs
+    are the seed runs plus the first-seed tuning run at that rate.
+    """
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    rows = connection.execute(
+        "SELECT optimizer, phase, lr, seed, status, final_valid_accuracy, "
+        "final_valid_loss, final_test_accuracy FROM runs WHERE dataset = ?",
+        (dataset,),
+    ).fetchall()
+    connection.close()
+
+    means = []
+    for optimizer in {row[0] for row in rows}:
+        cell = [row for row in rows if row[0] == optimizer]
+        tuning = [row for row in cell if row[1] in ("grid", "extension")]
+        seed_rates = {row[2] for row in cell if row[1] == "seed"}
+        if len(seed_rates) == 1:
+            rate = seed_rates.pop()
+        else:
+            completed = [row for row in tuning if row[4] == "completed"]
+            if not completed:
+                continue
+            rate = max(completed, key=lambda row: (row[5], -row[6], -row[2]))[2]
+        first_seed = min(row[3] for row in tuning)
+        accuracies = [
+            row[7] for row in cell
+            if math.isclose(row[2], rate, rel_tol=1e-6) and row[4] == "completed"
+            and (row[1] == "seed" or row[3] == first_seed)
+        ]
+        if accuracies:
+            means.append(sum(accuracies) / len(accuracies))
+    return max(means)
+
+
+def test_book_build_succeeds(built_book):
+    result, _ = built_book
+    assert result.returncode == 0, build_log(result)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_book_chapter_html_exists(built_book, chapter):
+    result, html = built_book
+    assert result.returncode == 0, build_log(result)
+    assert (html / "book" / f"{chapter}.html").is_file()
+
+
+def test_book_glued_accuracy_matches_store(built_book, book_store):
+    result, html = built_book
+    assert result.returncode == 0, build_log(result)
+    expected = f"{100 * reference_best_mean(book_store, 'mnist'):.2f}%"
+    assert expected in pasted_texts(html / "book" / "results_mnist.html")
+
+
+def test_book_glued_run_count_matches_store(built_book, book_store):
+    result, html = built_book
+    assert result.returncode == 0, build_log(result)
+    connection = sqlite3.connect(f"file:{book_store}?mode=ro", uri=True)
+    (count,) = connection.execute("SELECT COUNT(*) FROM runs").fetchone()
+    connection.close()
+    page = (html / "book" / "method.html").read_text()
+    assert f'The store holds <span class="pasted-text">{count}</span> runs' in page
+
+
+def test_book_missing_store_fails(tmp_path):
+    missing = tmp_path / "absent.sqlite"
+    result = build_book(missing, tmp_path / "book")
+    assert result.returncode != 0
+    assert "results store not found" in result.stdout + result.stderr
+    assert not missing.exists()
