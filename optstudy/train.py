@@ -101,8 +101,21 @@ def evaluate(model, data: Dataset, split_name: str, channels_last: bool) -> dict
     return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
 
 
+def cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
     """Describe the software and hardware a run used."""
+    import os
     from importlib import metadata
 
     versions = {}
@@ -115,8 +128,9 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": (
             torch.cuda.get_device_name(device) if device.type == "cuda"
-            else platform.processor() or platform.machine()
+            else cpu_model()
         ),
+        "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
