@@ -76,7 +76,7 @@ def git_revision() -> dict:
 
 
 def describe_machine(python: str = sys.executable) -> dict:
-    """Describe hardware and software; library versions come from ``python``.
+    """Describe hardware and software, with library versions as ``python`` sees them.
 
     The versions are read in a child process so that the caller need not
     import torch itself.

@@ -3,10 +3,11 @@
 The ceiling is the best rate of a square float32 matrix multiply (``torch.mm``
 into a preallocated output) at the given thread count. FLOPs per training step
 come from ``torch.utils.flop_counter.FlopCounterMode`` over one forward and
-backward pass of a full batch; it counts matrix multiplies and convolutions
-only, which is the usual basis of model FLOP utilisation. A third number, the
-rate of the model's training step alone on one synthetic batch that stays in
-memory, separates the model's own speed from the cost of any input pipeline.
+backward pass of a full batch. The counter counts matrix multiplies and
+convolutions only, the usual basis of model FLOP utilisation. A third number
+is the rate of the model's training step alone, on one synthetic batch that
+stays in memory. It separates the model's own speed from the cost of any
+input pipeline.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from workloads import BATCH_SIZE, LR, check_package_location, use_this_checkout
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def matmul_rate(torch, size: int, repeats: int) -> dict:
+def matmul_rate(torch, size: int, repeats: int, warmup: int) -> dict:
     """Time ``repeats`` products of two ``size`` x ``size`` float32 matrices."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator)
     b = torch.randn(size, size, generator=generator)
     out = torch.empty(size, size)
-    for _ in range(3):  # warm-up: thread pool start, page faults, caches
+    for _ in range(warmup):  # thread pool start, page faults, caches
         torch.mm(a, b, out=out)
     seconds = []
     for _ in range(repeats):
@@ -87,7 +88,8 @@ def count_step_flops(torch, dataset: str) -> dict:
     }
 
 
-def model_step_rate(torch, dataset: str, steps: int, flops_per_step: int) -> dict:
+def model_step_rate(torch, dataset: str, steps: int, warmup: int,
+                    flops_per_step: int) -> dict:
     """Time Adam training steps on one in-memory batch: no data pipeline at all."""
     model, images, labels = model_and_batch(torch, dataset)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -99,7 +101,7 @@ def model_step_rate(torch, dataset: str, steps: int, flops_per_step: int) -> dic
         optimizer.step()
         return loss.item()
 
-    for _ in range(3):  # warm-up: oneDNN primitive creation, optimizer state
+    for _ in range(warmup):  # oneDNN primitive creation, optimizer state
         step()
     start = time.perf_counter()
     for _ in range(steps):
@@ -123,13 +125,14 @@ def measure(arguments: argparse.Namespace) -> dict:
     torch.set_num_threads(arguments.threads)
     result = {
         "threads": torch.get_num_threads(),
-        "matmul": matmul_rate(torch, arguments.matmul_size, arguments.matmul_repeats),
+        "matmul": matmul_rate(torch, arguments.matmul_size, arguments.matmul_repeats,
+                              arguments.warmup),
         "models": {},
     }
     for dataset in arguments.datasets:
         flops = count_step_flops(torch, dataset)
         step_rate = model_step_rate(torch, dataset, arguments.model_steps,
-                                    flops["flops_per_step"])
+                                    arguments.warmup, flops["flops_per_step"])
         result["models"][dataset] = {"flops": flops, "model_step": step_rate}
     return result
 
@@ -143,9 +146,11 @@ def main(argv=None) -> int:
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="side of the square float32 matrices")
     parser.add_argument("--matmul-repeats", type=int, default=20,
-                        help="timed products after 3 warm-up products")
+                        help="timed matrix products")
     parser.add_argument("--model-steps", type=int, default=30,
-                        help="timed training steps per model after 3 warm-up steps")
+                        help="timed training steps per model")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed products and steps before each timing")
     parser.add_argument("--output", required=True,
                         help="JSON file to write the measurement to")
     arguments = parser.parse_args(argv)

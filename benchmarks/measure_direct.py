@@ -1,4 +1,4 @@
-"""Measurement (2): call the project's training loop ``optstudy.train.train`` in-process.
+"""Measurement (2): call the project's training loop, ``optstudy.train.train``.
 
 Run as a fresh process per measurement, so that the import time and the peak
 resident memory (``getrusage``) belong to this one run. Writes one JSON object.

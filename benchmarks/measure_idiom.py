@@ -74,8 +74,8 @@ def prepare_torchvision_root(data_dir: Path, root: Path) -> None:
 def cifar10_binary_dataset(root: Path, train: bool, transform):
     """Build a map-style Dataset over CIFAR-10's binary files.
 
-    torchvision's ``CIFAR10`` class reads only the python (pickle) version.
-    This class plays its part for the binary version: it keeps the images as
+    torchvision's ``CIFAR10`` class reads only the python (pickle) version,
+    so this class replaces it for the binary version. It keeps the images as
     a ``(N, 32, 32, 3)`` uint8 array and returns one PIL image per
     ``__getitem__``, passed through ``transform``.
     """
@@ -292,7 +292,7 @@ def measure(arguments: argparse.Namespace) -> dict:
         "history": history,
         "peak_rss_bytes": peak_rss_bytes(),
         # DataLoader workers are forked, so their resident memory includes
-        # pages shared with the main process: do not add the two.
+        # pages shared with the main process. Do not add the two.
         "worker_peak_rss_bytes": worker_peak,
     }
 

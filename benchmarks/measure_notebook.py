@@ -47,12 +47,15 @@ class TreeMemorySampler(threading.Thread):
         self._is_kernel: dict[int, bool] = {}
 
     def _kernel(self, process: psutil.Process) -> bool:
-        if process.pid not in self._is_kernel:
-            try:
-                command = " ".join(process.cmdline())
-            except psutil.Error:
-                return False
-            self._is_kernel[process.pid] = "ipykernel" in command
+        # Only a match is cached: between fork and exec, the kernel's process
+        # still shows papermill's command line.
+        if self._is_kernel.get(process.pid):
+            return True
+        try:
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            return False
+        self._is_kernel[process.pid] = "ipykernel" in command
         return self._is_kernel[process.pid]
 
     def run(self) -> None:

@@ -1,4 +1,4 @@
-"""Summarise benchmark measurements: per-approach rates, ratios, targets and the table."""
+"""Summarise benchmark measurements into rates, ratios, target verdicts and a table."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def median_of(measurements: list[dict], key: str):
 
 def summarise_approach(measurements: list[dict], flops_per_image: float | None,
                        ceiling_gflops: float | None) -> dict | None:
-    """Reduce an approach's repeats to medians and derived rates; None if all failed."""
+    """Reduce an approach's repeats to medians and rates, or None if all failed."""
     completed = [m for m in measurements if m.get("status") == "completed"]
     if not completed:
         return None
@@ -36,7 +36,7 @@ def summarise_approach(measurements: list[dict], flops_per_image: float | None,
         for key in ("wall_seconds", "launch_to_first_step_seconds", "call_seconds",
                     "train_seconds", "eval_seconds", "load_seconds",
                     "data_wait_seconds", "import_seconds", "peak_rss_bytes",
-                    "trained_images", "steps")
+                    "trained_images", "steps", "final_train_loss")
     }
     summary["repeats"] = len(completed)
     images = summary["trained_images"]
@@ -51,7 +51,7 @@ def summarise_approach(measurements: list[dict], flops_per_image: float | None,
 
 
 def compute_ratios(summaries: dict) -> dict:
-    """Return the side-by-side ratios; a ratio is None when a side is missing."""
+    """Return the side-by-side ratios, each None when one of its sides is missing."""
     notebook = summaries.get("notebook")
     direct = summaries.get("direct")
     idiom = summaries.get("idiom")
@@ -80,7 +80,7 @@ def _target(name: str, value, target_text: str, met, detail: str) -> dict:
 
 
 def judge_targets(workload_results: list[dict]) -> list[dict]:
-    """Check each workload against the four targets and say by how much."""
+    """Check each workload against the four targets and report the margin."""
     judged = []
     for result in workload_results:
         label = f"{result['workload']['model']}/{result['workload']['dataset']}"
@@ -161,7 +161,7 @@ def format_report(record: dict) -> str:
         f"optstudy benchmark ({record['mode']} mode), {machine['date']}",
         f"CPU: {machine['cpu_model']}, {machine['usable_cores']} usable cores; "
         f"torch {machine['torch']} ({machine['cpu_capability']}), "
-        f"{settings['threads']} threads; load average "
+        f"{settings['threads']} thread(s); load average "
         + "/".join(f"{x:.1f}" for x in machine["load_average_1_5_15_min"]),
         f"(3) uses DataLoader num_workers={settings['num_workers']}; medians of "
         f"{settings['repeats']} repeat(s)",
@@ -169,11 +169,14 @@ def format_report(record: dict) -> str:
     if record.get("warnings"):
         lines += [f"WARNING: {warning}" for warning in record["warnings"]]
 
-    lines += ["", "Process start-up (fresh interpreter, launch to exit, median):"]
+    lines += ["", "Process start-up (fresh interpreter, launch to exit, median; "
+              "peak RSS):"]
     for name, entry in record["startup"].items():
-        extra = ("" if entry.get("over_interpreter_seconds") is None
-                 else f"  (+{entry['over_interpreter_seconds']:.2f} s over bare python)")
-        lines.append(f"  {name:<28} {entry['seconds']:6.2f} s{extra}")
+        extra = ""
+        if entry.get("over_interpreter_seconds") is not None:
+            extra = f"  (+{entry['over_interpreter_seconds']:.2f} s over bare python)"
+        lines.append(f"  {name:<28} {entry['seconds']:6.2f} s"
+                     f"{entry['peak_rss_bytes'] / MIB:8,.0f} MiB{extra}")
 
     ceiling = record["ceiling"]
     if ceiling.get("matmul"):
@@ -181,7 +184,8 @@ def format_report(record: dict) -> str:
         lines += ["", (f"fp32 ceiling: {matmul['size']}x{matmul['size']} matmul, "
                        f"best {matmul['best_gflops']:.1f} GFLOP/s, median "
                        f"{matmul['median_gflops']:.1f} GFLOP/s over "
-                       f"{matmul['repeats']} products, {ceiling['threads']} threads")]
+                       f"{matmul['repeats']} products, {ceiling['threads']} "
+                       "thread(s)")]
     else:
         lines += ["", f"fp32 ceiling: failed ({ceiling.get('error')})"]
 
@@ -219,7 +223,7 @@ def format_report(record: dict) -> str:
         lines.append(
             "  ratios: (1)/(3) speed-up "
             f"{_ratio(ratios['speedup_end_to_end'], 'x')} launch to finish, "
-            f"{_ratio(ratios['speedup_training_steps'], 'x')} training steps; "
+            f"{_ratio(ratios['speedup_training_steps'], 'x')} training steps"
         )
         lines.append(
             "          (1) vs (2) overhead "
@@ -228,6 +232,13 @@ def format_report(record: dict) -> str:
             f"{_ratio(ratios['notebook_overhead_vs_call_percent'], ' %', signed=True)}"
             " against the train() call alone"
         )
+        losses = [
+            _ratio(result["summaries"][a].get("final_train_loss"), "", digits=7)
+            if result["summaries"].get(a) else "-"
+            for a in APPROACHES
+        ]
+        lines.append("          final training loss (same work check): "
+                     f"(1) {losses[0]}, (2) {losses[1]}, (3) {losses[2]}")
         idiom = result["summaries"].get("idiom")
         if idiom and idiom.get("data_wait_seconds") is not None:
             share = 100 * idiom["data_wait_seconds"] / idiom["train_seconds"]
@@ -245,7 +256,7 @@ def format_report(record: dict) -> str:
     return "\n".join(lines)
 
 
-def _ratio(value, unit: str, signed: bool = False) -> str:
+def _ratio(value, unit: str, signed: bool = False, digits: int = 2) -> str:
     if value is None:
         return "-"
-    return f"{value:+.1f}{unit}" if signed else f"{value:.2f}{unit}"
+    return f"{value:+.1f}{unit}" if signed else f"{value:.{digits}f}{unit}"

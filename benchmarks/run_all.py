@@ -1,10 +1,14 @@
 """Benchmark the project's training paths side by side on the same work.
 
-For 2c2d on MNIST and 3c3d on CIFAR-10 this measures, in one invocation:
+For 2c2d on MNIST and 3c3d on CIFAR-10, one invocation measures four things:
+
 (1) a run of notebooks/train.ipynb under papermill, launched as the study's
-runner launches it; (2) optstudy.train.train() called in a fresh process;
+    runner launches it,
+(2) optstudy.train.train() called in a fresh process,
 (3) the common torchvision + DataLoader idiom with the same model, optimizer
-and images; (4) the float32 matmul ceiling and the models' FLOPs per step.
+    and images,
+(4) the float32 matmul ceiling and the models' FLOPs per step.
+
 It prints a table and writes a JSON record. See benchmarks/README.md.
 
     python benchmarks/run_all.py --data-dir DATA [--quick] [--output FILE]
@@ -39,9 +43,9 @@ log = logging.getLogger("benchmarks")
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
 # A load average above this multiple of the usable cores means other work is
-# competing for the CPU, so the timings say little about the code.
+# competing for the CPU, so the timings mean little about the code.
 BUSY_LOAD_FACTOR = 0.5
-# Imports timed in fresh interpreters; the notebook imports all but torchvision.
+# Imports timed in fresh interpreters. The notebook imports all but torchvision.
 STARTUP_IMPORTS = {
     "python (no imports)": "pass",
     "import torch": "import torch",
@@ -66,25 +70,30 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default=None,
                         help="JSON record to write (default: "
                         "benchmarks/results/latest.json, or quick.json with --quick)")
+
     parser.add_argument("--data-dir", default=None,
                         help="data root with MNIST/raw and cifar-10-batches-bin "
                         "(default: $OPTSTUDY_DATA, then ./data)")
     parser.add_argument("--workloads", nargs="+", default=list(FULL_WORKLOADS),
                         choices=list(FULL_WORKLOADS),
-                        help="datasets to run (default: all)")
+                        help="workloads to run: mnist (2c2d), cifar10 (3c3d) "
+                        "(default: both)")
+
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for every measurement (default: the "
                         "cores this process may use)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="DataLoader num_workers for (3); the PyTorch MNIST "
+                        help="DataLoader num_workers for (3). The PyTorch MNIST "
                         "example uses 1 with CUDA and 0 on the CPU (default: 1)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="repeats of each run measurement; the table shows "
-                        "medians (default: 1)")
+                        help="repeats of each run measurement, reduced to medians "
+                        "in the table (default: 1)")
+
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the epochs of every workload")
     parser.add_argument("--train-size", type=int, default=None,
                         help="override the training images per epoch")
+
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds before one measurement process is stopped "
                         "(default: 1800)")
@@ -100,7 +109,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     missing = [str(path) for path in expected if not path.is_dir()]
     if missing:
         raise SystemExit(
-            f"data root {root} lacks {', '.join(missing)}; pass --data-dir or set "
+            f"data root {root} lacks {', '.join(missing)}. Pass --data-dir or set "
             "OPTSTUDY_DATA to a folder with MNIST/raw/*-ubyte.gz and "
             "cifar-10-batches-bin/*.bin"
         )
@@ -109,7 +118,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 def run_child(command: list[str], output: Path, log_path: Path,
               timeout: float) -> dict:
-    """Run one measurement process; return its JSON result plus its wall time."""
+    """Run one measurement process and return its JSON result plus its wall time."""
     started = time.perf_counter()
     with open(log_path, "w") as log_file:
         try:
@@ -118,7 +127,7 @@ def run_child(command: list[str], output: Path, log_path: Path,
                                        env=child_environment(), cwd=REPO_ROOT,
                                        timeout=timeout)
         except subprocess.TimeoutExpired as error:
-            raise MeasurementFailed(f"timed out after {timeout:g} s; log: "
+            raise MeasurementFailed(f"timed out after {timeout:g} s, log: "
                                     f"{log_path}") from error
     wall_seconds = time.perf_counter() - started
     if not output.is_file():
@@ -133,16 +142,25 @@ def run_child(command: list[str], output: Path, log_path: Path,
 
 
 def measure_startup(python: str, repeats: int) -> dict:
-    """Time a fresh interpreter that imports each of STARTUP_IMPORTS, launch to exit."""
+    """Time a fresh interpreter that imports each of STARTUP_IMPORTS, launch to exit.
+
+    Each process also prints its peak resident memory after the import.
+    """
+    report_rss = ("; import resource as r; "
+                  "print(r.getrusage(r.RUSAGE_SELF).ru_maxrss * 1024)")
     timings = {}
     for name, statement in STARTUP_IMPORTS.items():
         seconds = []
+        rss = []
         for _ in range(repeats):
             started = time.perf_counter()
-            subprocess.run([python, "-c", statement], check=True,
-                           env=child_environment(), cwd=REPO_ROOT)
+            completed = subprocess.run([python, "-c", statement + report_rss],
+                                       check=True, capture_output=True, text=True,
+                                       env=child_environment(), cwd=REPO_ROOT)
             seconds.append(time.perf_counter() - started)
-        timings[name] = {"seconds": statistics.median(seconds), "all": seconds}
+            rss.append(int(completed.stdout.split()[-1]))
+        timings[name] = {"seconds": statistics.median(seconds), "all": seconds,
+                         "peak_rss_bytes": max(rss)}
     baseline = timings["python (no imports)"]["seconds"]
     for name, entry in timings.items():
         if name != "python (no imports)":
@@ -255,6 +273,7 @@ def run_benchmark(arguments) -> dict:
             "--datasets", *[w.dataset for w in workloads],
             "--matmul-repeats", "3" if arguments.quick else "20",
             "--model-steps", "2" if arguments.quick else "30",
+            "--warmup", "1" if arguments.quick else "3",
             "--output", str(ceiling_output),
         ]
         try:

@@ -35,7 +35,7 @@ HISTORY_KEYS = ("train_loss", "valid_loss", "valid_accuracy", "test_loss",
 
 
 def run_once(threads: int, data_dir: Path, folder: Path, label: str) -> dict:
-    """Train the workload with ``threads`` threads in a fresh process; return its record."""
+    """Train the workload with ``threads`` threads in a fresh process and return it."""
     output = folder / f"{label}.json"
     command = [
         sys.executable, str(BENCHMARKS / "measure_direct.py"),

@@ -51,7 +51,7 @@ def child_environment() -> dict:
 class Workload:
     """One dataset's training job: the same for every approach that runs it."""
 
-    dataset: str  # mnist or cifar10; the model follows (2c2d or 3c3d)
+    dataset: str  # mnist (model 2c2d) or cifar10 (model 3c3d)
     train_size: int | None  # None: every training image not in validation
     valid_size: int
     test_size: int | None  # None: the whole test set
@@ -89,7 +89,7 @@ class Workload:
         )
 
     def run_config(self):
-        """Return the project's ``RunConfig`` for this workload (Adam, lr 1e-3, seed 0)."""
+        """Return the project's ``RunConfig`` (Adam, lr 1e-3, seed 0) for this work."""
         from optstudy.train import RunConfig
 
         return RunConfig(
@@ -106,7 +106,7 @@ class Workload:
         )
 
     def to_arguments(self) -> list[str]:
-        """Return the flags that ``add_workload_arguments`` parses back into this workload."""
+        """Return the flags that ``add_workload_arguments`` parses back into this."""
         arguments = [
             "--dataset", self.dataset,
             "--valid-size", str(self.valid_size),
@@ -129,8 +129,8 @@ class Workload:
 
 
 # Full mode: one epoch over every training image, at the RunConfig defaults for
-# the validation and test splits. Long enough (about a minute or more per run
-# on a few cores) for the papermill overhead target, which applies from 60 s.
+# the validation and test splits. The papermill overhead target applies to runs
+# of 60 s or more, and these runs are estimated at 2 to 4 minutes on 2 cores.
 FULL_WORKLOADS = {
     "mnist": Workload("mnist", train_size=None, valid_size=5000, test_size=None,
                       epochs=1),
