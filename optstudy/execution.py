@@ -31,7 +31,7 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
 
 @dataclass
 class Outcome:
-    """What one execution produced."""
+    """The result of one execution: status, record, error and where the notebook is."""
 
     run: PlannedRun
     status: str
@@ -104,7 +104,7 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 def _supervise(process: subprocess.Popen, timeout: float | None,
                memory_limit: int | None) -> str | None:
-    """Wait for papermill; kill it on timeout or memory excess and say why."""
+    """Wait for papermill; kill it on timeout or memory excess and return the reason."""
     import psutil
 
     watched = psutil.Process(process.pid)

@@ -37,7 +37,7 @@ POLL_SECONDS = 5.0
 
 @dataclass
 class ClusterSettings:
-    """Where tasks run: a local cluster of ``jobs`` workers, or a scheduler address."""
+    """Cluster choice: a local cluster of ``jobs`` workers, or a scheduler address."""
 
     scheduler: str | None = None
     jobs: int = 1

@@ -102,7 +102,7 @@ def evaluate(model, data: Dataset, split_name: str, channels_last: bool) -> dict
 
 
 def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, else what platform knows."""
+    """Return the CPU model name from /proc/cpuinfo, else platform.processor()."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
