@@ -156,6 +156,7 @@ def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
             k: v for k, v in config.hyperparameters.items() if k != "lr"
         },
         "needs_closure": config.needs_closure,
+        "precision": config.precision,
         "seed": config.seed,
         "epochs": config.epochs,
         "batch_size": config.batch_size,

@@ -111,6 +111,7 @@ class Profile:
     lr_values: list[float] | None = None  # a fixed grid for every optimizer
     max_extensions: int = 2
     checkpoint: bool = False  # save every epoch, so preempted runs continue
+    precision: str = "fp32"  # bf16 makes a separate track: its numerics differ
     description: str = ""
 
 
@@ -238,6 +239,7 @@ def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
         test_size=raw.get("test_size"),
         max_extensions=int(raw.get("max_extensions", 2)),
         checkpoint=bool(raw.get("checkpoint", False)),
+        precision=str(raw.get("precision", "fp32")),
         description=str(raw.get("description", "")),
     )
     for key in ("epochs", "batch_size", "valid_size", "lr_points"):
@@ -246,6 +248,10 @@ def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
             raise StudyError(f"{where}: {key}={value!r} must be a positive integer")
     if not profile.seeds:
         raise StudyError(f"{where}: seeds must list at least one seed")
+    if profile.precision not in ("fp32", "bf16"):
+        raise StudyError(
+            f"{where}: precision={profile.precision!r} must be fp32 or bf16"
+        )
     return profile
 
 
@@ -326,7 +332,7 @@ class PlannedRun:
 
 def run_id(config: RunConfig) -> str:
     """Hash the resolved parameters: equal configs give equal ids."""
-    canonical = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    canonical = json.dumps(config.identity(), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -344,6 +350,7 @@ def make_run(profile: Profile, entry: OptimizerEntry, dataset: str, lr: float,
         valid_size=profile.valid_size,
         test_size=profile.test_size,
         needs_closure=entry.needs_closure,
+        precision=profile.precision,
     )
     return PlannedRun(run_id(config), phase, config)
 

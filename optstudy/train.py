@@ -46,9 +46,22 @@ class RunConfig:
     test_size: int | None = None  # None: the whole test set
     needs_closure: bool = False
     loss_samples_per_epoch: int = 20
+    # Fields added after results were published: left out of the run id while
+    # they keep their default (see OPTIONAL_FIELDS), so old ids stay valid.
+    precision: str = "fp32"  # fp32, or bf16 autocast (a separate track: other numerics)
+
+    OPTIONAL_FIELDS = {"precision": "fp32"}
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> dict:
+        """Return the fields that define the run id: optional ones only when set."""
+        values = self.to_dict()
+        for key, default in self.OPTIONAL_FIELDS.items():
+            if values.get(key) == default:
+                del values[key]
+        return values
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -76,13 +89,21 @@ def _seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
-def _loss(model, data: Dataset, images, labels, reduction="mean"):
-    logits = model(data.normalise(images))
-    loss = F.cross_entropy(logits, labels, reduction=reduction)
+PRECISIONS = ("fp32", "bf16")
+
+
+def _loss(model, data: Dataset, images, labels, reduction="mean", precision="fp32"):
+    # bf16 autocast runs the convolutions and matrix products in bfloat16; the
+    # loss is computed in float32 either way.
+    with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                        enabled=precision == "bf16"):
+        logits = model(data.normalise(images))
+    loss = F.cross_entropy(logits.float(), labels, reduction=reduction)
     return loss, logits
 
 
-def evaluate(model, data: Dataset, split_name: str, channels_last: bool) -> dict:
+def evaluate(model, data: Dataset, split_name: str, channels_last: bool,
+             precision: str = "fp32") -> dict:
     """Return loss and accuracy over one whole split, in inference mode."""
     split = getattr(data, split_name)
     total_loss = 0.0
@@ -94,7 +115,8 @@ def evaluate(model, data: Dataset, split_name: str, channels_last: bool) -> dict
             labels = split.labels[start:start + EVAL_BATCH_SIZE]
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss, logits = _loss(model, data, images, labels, reduction="sum")
+            loss, logits = _loss(model, data, images, labels, reduction="sum",
+                                 precision=precision)
             total_loss += loss.item()
             correct += (logits.argmax(1) == labels).sum().item()
     model.train()
@@ -158,6 +180,10 @@ def train(
     With ``checkpoint_path``, the full training state is saved after every
     epoch and a run started again with the same path continues from it.
     """
+    if config.precision not in PRECISIONS:
+        raise ValueError(
+            f"invalid precision {config.precision!r}: expected one of {PRECISIONS}"
+        )
     started = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -205,8 +231,8 @@ def train(
 
     def record_epoch(epoch: int, train_loss):
         tick = time.perf_counter()
-        valid = evaluate(model, data, "valid", channels_last)
-        test = evaluate(model, data, "test", channels_last)
+        valid = evaluate(model, data, "valid", channels_last, config.precision)
+        test = evaluate(model, data, "test", channels_last, config.precision)
         loop["eval_seconds"] += time.perf_counter() - tick
         row = {
             "epoch": epoch,
@@ -261,7 +287,8 @@ def train(
 
             def closure():
                 optimizer.zero_grad(set_to_none=True)
-                loss, _ = _loss(model, data, images, labels)
+                loss, _ = _loss(model, data, images, labels,
+                                precision=config.precision)
                 if l2 is not None:
                     loss = loss + l2()
                 loss.backward()

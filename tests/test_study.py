@@ -242,3 +242,12 @@ def test_adabelief_records_its_eps_default():
     resolved = resolve_class("pytorch_optimizer.adabelief")
     _, used = build_optimizer(resolved, [torch.nn.Parameter(torch.zeros(2))], {})
     assert used["eps"] == 1e-16
+
+
+def test_run_id_of_published_config_is_stable():
+    from optstudy.train import RunConfig
+
+    config = RunConfig("mnist", "adam", "torch.optim.Adam", {"lr": 0.001})
+    assert run_id(config) == "93f839e1eeee1f79"
+    assert run_id(RunConfig("mnist", "adam", "torch.optim.Adam", {"lr": 0.001},
+                            precision="bf16")) != "93f839e1eeee1f79"

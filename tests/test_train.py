@@ -97,3 +97,16 @@ def test_preloaded_dataset_is_used(tiny_data_root):
                         test_size=64)
     record = train(tiny_config(epochs=1), data=data, device="cpu")
     assert record["train_images"] == 64
+
+
+def test_bf16_run_completes_with_other_numbers(tiny_data_root):
+    fp32 = train(tiny_config(epochs=1), data_root=tiny_data_root, device="cpu")
+    bf16 = train(tiny_config(epochs=1, precision="bf16"), data_root=tiny_data_root,
+                 device="cpu")
+    assert bf16["status"] == "completed"
+    assert bf16["history"][-1]["valid_loss"] != fp32["history"][-1]["valid_loss"]
+
+
+def test_invalid_precision_is_rejected(tiny_data_root):
+    with pytest.raises(ValueError, match="invalid precision 'fp16'"):
+        train(tiny_config(precision="fp16"), data_root=tiny_data_root, device="cpu")
