@@ -14,13 +14,28 @@ from pathlib import Path
 from workloads import REPO_ROOT
 
 
-def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
-    """Return the peak resident set size from ``getrusage``, in bytes.
+def peak_rss_bytes(pid: int | str = "self") -> int | None:
+    """Return a process's peak resident set size (``VmHWM``), in bytes.
 
-    ``RUSAGE_CHILDREN`` gives the peak of the largest descendant that has been
-    waited for, not the sum over the process tree. Linux reports KiB.
+    Linux keeps ``getrusage``'s ``ru_maxrss`` across fork and exec, so a child
+    of a large parent reports at least the parent's size. ``VmHWM`` belongs to
+    the running program alone. Returns None when the process has exited.
+    Without /proc it falls back to this process's ``ru_maxrss``, which macOS
+    reports in bytes but Linux and the BSDs in KiB.
     """
-    return resource.getrusage(who).ru_maxrss * 1024
+    status = Path(f"/proc/{pid}/status")
+    try:
+        text = status.read_text()
+    except FileNotFoundError:
+        if pid == "self":  # no /proc: not Linux
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return None
+    except ProcessLookupError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def usable_cores() -> int:
@@ -76,7 +91,7 @@ def git_revision() -> dict:
 
 
 def describe_machine(python: str = sys.executable) -> dict:
-    """Describe hardware and software, with library versions as ``python`` sees them.
+    """Describe hardware and software, with library versions read by ``python``.
 
     The versions are read in a child process so that the caller need not
     import torch itself.

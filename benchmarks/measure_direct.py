@@ -1,7 +1,7 @@
 """Measurement (2): call the project's training loop, ``optstudy.train.train``.
 
 Run as a fresh process per measurement, so that the import time and the peak
-resident memory (``getrusage``) belong to this one run. Writes one JSON object.
+resident memory (``VmHWM``) belong to this one run. Writes one JSON object.
 """
 
 from __future__ import annotations

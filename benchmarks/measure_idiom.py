@@ -15,7 +15,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -172,10 +171,6 @@ def measure(arguments: argparse.Namespace) -> dict:
     check_package_location(optstudy)
     torch.set_num_threads(arguments.threads)
 
-    # Importing torch ran (and reaped) a child process, so a worker's peak is
-    # only known when the children's peak rises past this value.
-    children_peak_before = peak_rss_bytes(resource.RUSAGE_CHILDREN)
-
     # The counterpart of one train() call starts here: data, model, loop.
     call_started_at = time.time()
     load_start = time.perf_counter()
@@ -266,9 +261,6 @@ def measure(arguments: argparse.Namespace) -> dict:
         train_seconds += time.perf_counter() - tick
         record_epoch(epoch, loss_sum / max(1, epoch_steps))
     call_finished_at = time.time()
-    children_peak_after = peak_rss_bytes(resource.RUSAGE_CHILDREN)
-    worker_peak = (children_peak_after if children_peak_after > children_peak_before
-                   else None)
 
     return {
         "approach": "idiom",
@@ -290,10 +282,9 @@ def measure(arguments: argparse.Namespace) -> dict:
         "final_train_loss": history[-1]["train_loss"],
         "final_valid_accuracy": history[-1]["valid_accuracy"],
         "history": history,
+        # NOTE: the main process only. The DataLoader workers' memory is not
+        # measured, and forked workers share pages with it anyway.
         "peak_rss_bytes": peak_rss_bytes(),
-        # DataLoader workers are forked, so their resident memory includes
-        # pages shared with the main process. Do not add the two.
-        "worker_peak_rss_bytes": worker_peak,
     }
 
 

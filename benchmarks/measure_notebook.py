@@ -3,10 +3,9 @@
 The run goes through ``execute_run`` (``optstudy.execution``, or
 ``optstudy.runner`` in older checkouts), exactly as the study's batch runner
 starts it: papermill and its kernel in a child process with its
-own working directory. This script is a fresh process per measurement, so the
-kernel's peak resident memory can be read with ``getrusage(RUSAGE_CHILDREN)``
-once papermill has exited. A sampler thread also reads the memory of the
-process tree with psutil, as a cross-check and for the tree's total.
+own working directory. A sampler thread reads the kernel's peak resident
+memory (``VmHWM``) every 0.1 s while it runs, and the resident memory of the
+whole process tree.
 """
 
 from __future__ import annotations
@@ -33,9 +32,11 @@ SAMPLE_INTERVAL_SECONDS = 0.1
 
 
 class TreeMemorySampler(threading.Thread):
-    """Sample the resident memory of this process's descendants until stopped.
+    """Sample the memory of this process's descendants until stopped.
 
-    Sampling misses peaks shorter than the interval, so it gives a lower bound.
+    The kernel's ``VmHWM`` is its exact peak up to the last sample, so only
+    growth in the kernel's final interval before exit goes unseen. The tree's
+    total is a sum of current resident sizes, so it misses short peaks.
     """
 
     def __init__(self, interval: float = SAMPLE_INTERVAL_SECONDS):
@@ -69,7 +70,8 @@ class TreeMemorySampler(threading.Thread):
                     continue
                 tree_total += rss
                 if self._kernel(child):
-                    self.kernel_peak_bytes = max(self.kernel_peak_bytes, rss)
+                    peak = peak_rss_bytes(child.pid) or rss
+                    self.kernel_peak_bytes = max(self.kernel_peak_bytes, peak)
             self.tree_peak_bytes = max(self.tree_peak_bytes, tree_total)
 
 
@@ -107,9 +109,6 @@ def measure(arguments: argparse.Namespace) -> dict:
     run = PlannedRun(run_id(config), "benchmark", config)
     runs_dir = Path(arguments.runs_dir)
 
-    # Importing torch above already ran (and reaped) a child process, so the
-    # children's peak only identifies the kernel when it rises past this value.
-    children_peak_before = peak_rss_bytes(resource.RUSAGE_CHILDREN)
     sampler = TreeMemorySampler()
     sampler.start()
     launched_at = time.time()
@@ -117,11 +116,6 @@ def measure(arguments: argparse.Namespace) -> dict:
                           threads=arguments.threads, timeout=arguments.timeout)
     sampler.stopped.set()
     sampler.join()
-    children_peak_after = peak_rss_bytes(resource.RUSAGE_CHILDREN)
-    if children_peak_after > children_peak_before:
-        peak, peak_source = children_peak_after, "getrusage(RUSAGE_CHILDREN)"
-    else:
-        peak, peak_source = sampler.kernel_peak_bytes, "psutil samples"
 
     result = {
         "approach": "notebook",
@@ -132,13 +126,12 @@ def measure(arguments: argparse.Namespace) -> dict:
         "optstudy_path": str(Path(optstudy.__file__).parent),
         # The runner's own clock: papermill's launch to its exit.
         "wall_seconds": outcome.seconds_wall,
-        # The kernel is papermill's child and papermill reaps it, so the
-        # largest waited-for descendant here is the kernel (or papermill).
-        "peak_rss_bytes": peak,
-        "peak_rss_source": peak_source,
-        "children_peak_rss_before_bytes": children_peak_before,
-        "kernel_peak_rss_sampled_bytes": sampler.kernel_peak_bytes,
+        "peak_rss_bytes": sampler.kernel_peak_bytes or None,
         "tree_peak_rss_sampled_bytes": sampler.tree_peak_bytes,
+        # An upper bound only: papermill, forked from this process after it
+        # imported torch, carries this process's peak in its ru_maxrss.
+        "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN)
+        .ru_maxrss * 1024,
     }
     record = outcome.record
     if outcome.status != "completed" or record is None:

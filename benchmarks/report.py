@@ -36,6 +36,7 @@ def summarise_approach(measurements: list[dict], flops_per_image: float | None,
         for key in ("wall_seconds", "launch_to_first_step_seconds", "call_seconds",
                     "train_seconds", "eval_seconds", "load_seconds",
                     "data_wait_seconds", "import_seconds", "peak_rss_bytes",
+                    "launch_to_call_seconds",
                     "trained_images", "steps", "final_train_loss")
     }
     summary["repeats"] = len(completed)
@@ -87,10 +88,10 @@ def judge_targets(workload_results: list[dict]) -> list[dict]:
         ratios = result["ratios"]
         summaries = result["summaries"]
 
-        for key, what in (("speedup_end_to_end", "launch to finish"),
-                          ("speedup_training_steps", "training steps only")):
+        for key, scope in (("speedup_end_to_end", "launch to finish"),
+                           ("speedup_training_steps", "training steps only")):
             value = ratios[key]
-            name = f"{label}: (1) vs (3) speed-up, {what}"
+            name = f"{label}: (1) vs (3) speed-up, {scope}"
             requirement = f">= {MIN_SPEEDUP_OVER_IDIOM:g}x"
             if value is None:
                 judged.append(_target(name, None, requirement, None, "not measured"))
@@ -239,6 +240,13 @@ def format_report(record: dict) -> str:
         ]
         lines.append("          final training loss (same work check): "
                      f"(1) {losses[0]}, (2) {losses[1]}, (3) {losses[2]}")
+        notebook = result["summaries"].get("notebook")
+        if notebook and notebook.get("call_seconds") is not None:
+            before = notebook["launch_to_call_seconds"]
+            after = notebook["wall_seconds"] - before - notebook["call_seconds"]
+            lines.append(f"          (1) spent {before:.2f} s from launch to train(), "
+                         f"{notebook['call_seconds']:.2f} s in it and {after:.2f} s "
+                         "from its return to papermill's exit")
         idiom = result["summaries"].get("idiom")
         if idiom and idiom.get("data_wait_seconds") is not None:
             share = 100 * idiom["data_wait_seconds"] / idiom["train_seconds"]

@@ -146,8 +146,8 @@ def measure_startup(python: str, repeats: int) -> dict:
 
     Each process also prints its peak resident memory after the import.
     """
-    report_rss = ("; import resource as r; "
-                  "print(r.getrusage(r.RUSAGE_SELF).ru_maxrss * 1024)")
+    report_rss = (f"; import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); "
+                  "from machine import peak_rss_bytes; print(peak_rss_bytes())")
     timings = {}
     for name, statement in STARTUP_IMPORTS.items():
         seconds = []
