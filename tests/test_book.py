@@ -196,3 +196,49 @@ def test_book_missing_store_fails(tmp_path):
     assert result.returncode != 0
     assert "results store not found" in result.stdout + result.stderr
     assert not missing.exists()
+
+
+def build_minimal_book(tmp_path: Path, cell: str, timeout: int = 300):
+    """Build a one-page book with this project's configuration and ``cell`` in the page."""
+    import shutil
+
+    root = tmp_path / "minibook"
+    (root / "book").mkdir(parents=True)
+    shutil.copytree(REPO_ROOT / "book" / "_ext", root / "book" / "_ext")
+    config = (REPO_ROOT / "_config.yml").read_text()
+    config = re.sub(r"(\n\s*timeout:\s*)\d+", rf"\g<1>{timeout}", config, count=1)
+    (root / "_config.yml").write_text(config)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/index\n"
+                                   "chapters:\n  - file: book/broken\n")
+    (root / "book" / "index.md").write_text("# Index\n\nA one-page book.\n")
+    header = ("---\njupytext:\n  text_representation:\n    format_name: myst\n"
+              "kernelspec:\n  display_name: Python 3\n  name: python3\n---\n\n")
+    (root / "book" / "broken.md").write_text(
+        header + "# Broken page\n\nThe next cell fails.\n\n"
+        f"```{{code-cell}} ipython3\n{cell}\n```\n"
+    )
+    command = [str(JUPYTER_BOOK), "build", str(root), "-W", "-n", "--keep-going"]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True,
+                          timeout=BUILD_TIMEOUT)
+
+
+def plain(result) -> str:
+    """Return the build's output without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+
+
+def test_book_cell_error_fails_build(tmp_path):
+    result = build_minimal_book(tmp_path, 'raise RuntimeError("injected failure")')
+    output = plain(result)
+    assert result.returncode != 0
+    assert "book/broken.md" in output
+    assert 'raise RuntimeError("injected failure")' in output
+    assert "CellExecutionError" in output
+
+
+def test_book_cell_timeout_fails_build(tmp_path):
+    result = build_minimal_book(tmp_path, "import time\ntime.sleep(60)", timeout=5)
+    output = plain(result)
+    assert result.returncode != 0
+    assert "book/broken.md" in output
+    assert "CellTimeoutError" in output or "timed out" in output
