@@ -401,6 +401,10 @@ def plan_cell(study: Study, profile: Profile, entry: OptimizerEntry, dataset: st
             return runs, False
 
     best = max(runs, key=lambda run: (score(results[run.run_id]), -run.lr))
+    if score(results[best.run_id])[0] == -math.inf:
+        # Every learning rate diverged, failed or crashed: there is no tuned
+        # setting to rerun, and the tables show the cell as having none.
+        return runs, True
     seeds = [
         make_run(profile, entry, dataset, best.lr, seed, "seed")
         for seed in profile.seeds[1:]

@@ -21,6 +21,21 @@ import time
 import torch
 
 
+class KillsItsWorker(torch.optim.SGD):
+    """Kills the Dask worker above it (kernel -> papermill -> worker) at every try."""
+
+    def step(self, closure=None):
+        import os
+        import signal
+
+        import psutil
+
+        worker = psutil.Process().parent().parent()
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(60)
+        return super().step(closure)
+
+
 class Slow(torch.optim.SGD):
     """Sleeps in every step, so a test can kill a worker mid-run."""
 
@@ -34,6 +49,7 @@ optimizers:
   sgd: {class: torch.optim.SGD, hyperparameters: {lr: 0.1}}
   adam: {class: torch.optim.Adam}
   slow: {class: "cluster_optimizers:Slow", hyperparameters: {lr: 0.1}}
+  killer: {class: "cluster_optimizers:KillsItsWorker", hyperparameters: {lr: 0.1}}
 profiles:
   tiny:
     datasets: [mnist]
@@ -222,3 +238,23 @@ def test_two_runners_share_one_store(tmp_path, tiny_data_root, environment):
     connection = sqlite3.connect(tmp_path / "results.sqlite")
     assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert connection.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+
+
+def test_run_killing_its_worker_ends_crashed(tmp_path, tiny_data_root, environment,
+                                             scheduler):
+    study = write_study(tmp_path, "[killer, sgd]")
+    completed = subprocess.run(
+        command(study, tmp_path, tiny_data_root, "--scheduler", scheduler),
+        capture_output=True, text=True, timeout=900, env=environment,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    connection = sqlite3.connect(tmp_path / "results.sqlite")
+    rows = dict(connection.execute(
+        "SELECT optimizer || ' seed ' || seed, status FROM runs").fetchall())
+    errors = [row[0] for row in connection.execute(
+        "SELECT error FROM runs WHERE optimizer = 'killer'")]
+    connection.close()
+    assert rows["killer seed 0"] == "crashed"
+    assert "killed its Dask worker 3 times" in errors[0]
+    assert rows["sgd seed 0"] == "completed"
+    assert rows["sgd seed 1"] == "completed"

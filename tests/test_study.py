@@ -251,3 +251,14 @@ def test_run_id_of_published_config_is_stable():
     assert run_id(config) == "93f839e1eeee1f79"
     assert run_id(RunConfig("mnist", "adam", "torch.optim.Adam", {"lr": 0.001},
                             precision="bf16")) != "93f839e1eeee1f79"
+
+
+def test_no_seed_runs_when_every_lr_diverged(tmp_path):
+    study = load_study(write_study(tmp_path))
+    profile = study.profiles["tiny"]
+    grid, _ = plan(study, profile, {})
+    results = {run.run_id: {"status": "diverged", "final_valid_accuracy": None,
+                            "final_valid_loss": None} for run in grid}
+    runs, final = plan(study, profile, results)
+    assert final
+    assert not [run for run in runs if run.phase == "seed"]
