@@ -121,6 +121,39 @@ def _forget_runs(connection, profile_name, study, profile, only, retry_failed):
             )
 
 
+def mark_superseded(connection, profile_name: str, study: Study, profile) -> int:
+    """Mark stored runs that the finished plan no longer contains; return how many.
+
+    A change of protocol (say, a new rule for extending the grid) can leave
+    runs that no longer belong to any phase. They stay in the store, with
+    phase "superseded", and the analysis leaves them out.
+    """
+    results = store.load_statuses(connection)
+    planned, final = plan(study, profile, results)
+    if not final:
+        return 0
+    keep = {run.run_id: run.phase for run in planned}
+    with connection:  # a run planned again after being superseded gets its phase back
+        connection.executemany(
+            "UPDATE runs SET phase = ? WHERE run_id = ? AND phase = 'superseded'",
+            [(phase, run_id) for run_id, phase in keep.items()],
+        )
+    stale = [
+        (run_id,) for (run_id,) in connection.execute(
+            "SELECT run_id FROM runs WHERE profile = ? AND phase != 'superseded'",
+            (profile_name,))
+        if run_id not in keep
+    ]
+    with connection:
+        connection.executemany(
+            "UPDATE runs SET phase = 'superseded' WHERE run_id = ?", stale
+        )
+    if stale:
+        log.warning("%d stored runs are no longer planned; marked superseded",
+                    len(stale))
+    return len(stale)
+
+
 def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
               data_dir=None, device: str = "auto", jobs: int = 1,
               retry_failed: bool = False, timeout: float | None = None,
@@ -143,6 +176,7 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
     _forget_runs(connection, profile_name, study, profile, only, retry_failed)
     results = store.load_statuses(connection)
     if all(run.run_id in results for run in plan(study, profile, results)[0]):
+        mark_superseded(connection, profile_name, study, profile)
         connection.close()
         return {}  # nothing to run: no data needed, no cluster started
     prepare_data(profile.datasets, data_dir)
@@ -219,6 +253,8 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
             future.cancel()
         kill_live_runs()
         raise
+    else:
+        mark_superseded(connection, profile_name, study, profile)
     finally:
         store.release(connection, owner)
         connection.close()

@@ -386,15 +386,20 @@ def plan_cell(study: Study, profile: Profile, entry: OptimizerEntry, dataset: st
     if any(run.run_id not in results for run in runs):
         return runs, False
 
-    step = profile.lr_step_decades
+    factor = 10 ** profile.lr_step_decades
     for _ in range(profile.max_extensions if not profile.lr_values else 0):
         best = max(runs, key=lambda run: (score(results[run.run_id]), -run.lr))
         lrs = sorted(run.lr for run in runs)
-        interior = lrs[0] < best.lr < lrs[-1]
-        if len(lrs) < 2 or interior or score(results[best.run_id])[0] == -math.inf:
+        if score(results[best.run_id])[0] == -math.inf:
+            # Nothing finished. If every point diverged, the grid sits too
+            # high: try below it. Failures and crashes say nothing about lr.
+            if any(results[run.run_id].get("status") != "diverged" for run in runs):
+                break
+            new_lr = lrs[0] / factor
+        elif len(lrs) < 2 or lrs[0] < best.lr < lrs[-1]:
             break
-        factor = 10 ** step
-        new_lr = best.lr * factor if best.lr == lrs[-1] else best.lr / factor
+        else:
+            new_lr = best.lr * factor if best.lr == lrs[-1] else best.lr / factor
         extension = make_run(profile, entry, dataset, new_lr, seed0, "extension")
         runs.append(extension)
         if extension.run_id not in results:

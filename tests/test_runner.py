@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from optstudy import store
-from optstudy.study import load_study, plan
+from optstudy.study import load_study, make_run, plan
 
 TINY_STUDY = """
 optimizers:
@@ -123,3 +123,31 @@ def test_invalid_study_stops_before_any_run(tmp_path, tiny_data_root):
     assert completed.returncode == 2
     assert "unknown optimizer 'SGDD'" in completed.stderr
     assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_runs_outside_the_plan_are_marked_superseded(tiny_study, tmp_path):
+    from optstudy.runner import mark_superseded
+
+    study = load_study(tiny_study)
+    profile = study.profile("tiny")
+    connection = store.connect(tmp_path / "results.sqlite")
+    while True:  # complete the plan with hand-made results, phase by phase
+        planned, final = plan(study, profile, store.load_statuses(connection))
+        missing = [r for r in planned if r.run_id not in store.load_statuses(connection)]
+        if final and not missing:
+            break
+        for run in missing:
+            record = {"final_valid_accuracy": run.lr, "final_valid_loss": 1.0}
+            store.save_run(connection, run.run_id, "tiny", run.phase,
+                           run.config.to_dict(), "completed", record)
+    seed_run = next(run for run in planned if run.phase == "seed")
+    older = make_run(profile, study.optimizers[seed_run.config.optimizer], "mnist",
+                     seed_run.lr, 7, "seed")  # as if an older protocol used seed 7
+    store.save_run(connection, older.run_id, "tiny", "seed", older.config.to_dict(),
+                   "completed", {"final_valid_accuracy": 0.5})
+
+    assert mark_superseded(connection, "tiny", study, profile) == 1
+    phases = dict(connection.execute("SELECT run_id, phase FROM runs").fetchall())
+    connection.close()
+    assert phases[older.run_id] == "superseded"
+    assert phases[seed_run.run_id] == "seed"

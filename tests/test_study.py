@@ -257,8 +257,23 @@ def test_no_seed_runs_when_every_lr_diverged(tmp_path):
     study = load_study(write_study(tmp_path))
     profile = study.profiles["tiny"]
     grid, _ = plan(study, profile, {})
-    results = {run.run_id: {"status": "diverged", "final_valid_accuracy": None,
-                            "final_valid_loss": None} for run in grid}
+    diverged = {"status": "diverged", "final_valid_accuracy": None,
+                "final_valid_loss": None}
+    results = {run.run_id: diverged for run in grid}
+    with_extensions, _ = plan(study, profile, results)
+    results.update({run.run_id: diverged for run in with_extensions})
     runs, final = plan(study, profile, results)
     assert final
     assert not [run for run in runs if run.phase == "seed"]
+
+
+def test_all_diverged_grid_extends_downwards(tmp_path):
+    study = load_study(write_study(tmp_path))
+    profile = study.profiles["tiny"]
+    grid, _ = plan(study, profile, {})
+    results = {run.run_id: {"status": "diverged", "final_valid_accuracy": None,
+                            "final_valid_loss": None} for run in grid}
+    runs, final = plan(study, profile, results)
+    extensions = {r.config.optimizer: r.lr for r in runs if r.phase == "extension"}
+    assert extensions == {"adam": 1e-05, "sgd": 0.001}
+    assert not final
