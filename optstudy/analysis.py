@@ -24,7 +24,9 @@ import pandas as pd
 
 from . import store
 from .models import ThreeConvThreeDense
-from .optimizers import build_optimizer, class_default_lr, resolve_class
+from .optimizers import (
+    build_optimizer, class_default_lr, resolve_class, weight_decay_style,
+)
 from .study import Study, load_study, plan_cell, score
 from .train import DIVERGENCE_FACTOR
 
@@ -921,7 +923,11 @@ def optimizer_defaults_table(study: Study) -> pd.DataFrame:
             f"{key}={_format_setting(value)}" for key, value in used.items()
             if value is not None and key not in IMPLEMENTATION_FLAGS
         )
-        rows.append({"optimizer": entry.label, "settings besides lr": settings})
+        rows.append({
+            "optimizer": entry.label,
+            "weight decay": weight_decay_style(entry.reference, used),
+            "settings besides lr": settings,
+        })
     return pd.DataFrame(rows)
 
 
@@ -1142,3 +1148,99 @@ def glue_values(values: dict) -> None:
         if key.endswith("_md"):
             value = Markdown(value)
         glue(key, value, display=False)
+
+
+# --- Benchmarks (benchmarks/results/*.json) ----------------------------------
+
+BENCHMARK_RESULTS = store.REPO_ROOT / "benchmarks" / "results"
+
+
+def _read_benchmark(folder: Path, name: str) -> dict | None:
+    path = Path(folder) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine_text(machine: dict) -> str:
+    return (f"{machine.get('cpu_model', 'unknown CPU')}, "
+            f"{machine.get('usable_cores', '?')} usable cores, torch "
+            f"{machine.get('torch', '?')}, measured {machine.get('date', '?')}")
+
+
+def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
+    """Return Markdown paragraphs and tables from the committed benchmark records.
+
+    Each record is optional: a missing one yields a sentence naming the
+    command that produces it, so the page builds before any benchmark ran.
+    """
+    values = {}
+
+    threads = _read_benchmark(folder, "threads.json")
+    if threads:
+        different, same = threads["comparisons"]
+        gaps = different["max_abs_difference_per_epoch"]
+        workload = threads["workload"]
+        values["threads_md"] = (
+            f"The same run ({workload['model']} on {workload['dataset']}, "
+            f"{workload['epochs']} epochs on {workload['train_size']} images) "
+            f"executed with {different['threads'][0]} and "
+            f"with {different['threads'][1]} torch threads gave final losses that are "
+            f"{'bit-identical' if different['final_losses_bit_identical'] else 'not bit-identical'}: "
+            f"the per-epoch validation loss differed by at most "
+            f"{gaps['valid_loss']:.2e} and the test loss by at most "
+            f"{gaps['test_loss']:.2e}, while validation accuracy differed by at most "
+            f"{gaps['valid_accuracy']:.4f}. Executed twice with "
+            f"{same['threads'][0]} threads, it gave "
+            f"{'bit-identical' if same['final_losses_bit_identical'] else 'different'} "
+            f"results. Machine: {_machine_text(threads['machine'])}."
+        )
+    else:
+        values["threads_md"] = ("The thread-count check has not been run on this "
+                                "checkout: `python benchmarks/threads.py`.")
+
+    workers = _read_benchmark(folder, "workers.json")
+    if workers:
+        one, two = workers["workers"]["1"], workers["workers"]["2"]
+        values["workers_md"] = (
+            f"The `{workers['profile']}` profile ({one['runs']} runs) took "
+            f"{one['wall_seconds']:.0f} s with one Dask worker and "
+            f"{two['wall_seconds']:.0f} s with two, a speed-up of "
+            f"{workers['speedup_2_over_1']:.2f}x; both stores held the same runs "
+            f"({'with the same statuses' if workers['same_statuses'] else 'but statuses differed'}). "
+            f"Machine: {_machine_text(workers['machine'])}."
+        )
+    else:
+        values["workers_md"] = ("The worker-count benchmark has not been run on this "
+                                "checkout: `python benchmarks/workers.py`.")
+
+    speed = _read_benchmark(folder, "latest.json")
+    if speed:
+        rows = []
+        for workload in speed["workloads"]:
+            for approach, summary in workload["summaries"].items():
+                rows.append({
+                    "workload": workload["workload"],
+                    "approach": approach,
+                    "training images/s": f"{summary['train_images_per_second']:.0f}",
+                    "end-to-end images/s": (
+                        f"{summary['end_to_end_images_per_second']:.0f}"),
+                    "% of fp32 ceiling": (
+                        f"{summary['ceiling_percent']:.0f}"
+                        if summary.get("ceiling_percent") is not None else ""),
+                    "peak RSS (MiB)": (
+                        f"{summary['peak_rss_bytes'] / 2**20:.0f}"
+                        if summary.get("peak_rss_bytes") else ""),
+                })
+        values["speed_table_md"] = markdown_table(pd.DataFrame(rows))
+        values["targets_table_md"] = markdown_table(pd.DataFrame([
+            {"target": t["target"], "requirement": t["requirement"],
+             "result": t["detail"]}
+            for t in speed["targets"]
+        ]))
+        values["speed_md"] = (
+            f"Measured in `{speed['mode']}` mode on {_machine_text(speed['machine'])}.")
+    else:
+        values["speed_table_md"] = ""
+        values["targets_table_md"] = ""
+        values["speed_md"] = ("The speed benchmark has not been run on this checkout: "
+                              "`python benchmarks/run_all.py`.")
+    return values

@@ -653,3 +653,27 @@ def test_illustration_diverges_at_largest_lr():
     assert abs(paths[largest][-1]) > analysis.ILLUSTRATION_BOUND
     assert values["steps_3"] < analysis.ILLUSTRATION_STEPS
     assert values["local_minimum"] > 0 > values["global_minimum"]
+
+
+def test_benchmark_values_without_records(tmp_path):
+    values = analysis.benchmark_values(tmp_path)
+    assert "benchmarks/threads.py" in values["threads_md"]
+    assert "benchmarks/workers.py" in values["workers_md"]
+    assert "benchmarks/run_all.py" in values["speed_md"]
+
+
+def test_benchmark_values_quote_worker_record(tmp_path):
+    import json
+
+    record = {
+        "profile": "smoke", "speedup_2_over_1": 1.62, "same_statuses": True,
+        "machine": {"cpu_model": "Test CPU", "usable_cores": 2, "torch": "x",
+                    "date": "today"},
+        "workers": {"1": {"wall_seconds": 162.0, "runs": 27},
+                    "2": {"wall_seconds": 100.0, "runs": 27}},
+    }
+    (tmp_path / "workers.json").write_text(json.dumps(record))
+    text = analysis.benchmark_values(tmp_path)["workers_md"]
+    assert "162 s with one Dask worker" in text
+    assert "100 s with two" in text
+    assert "1.62x" in text
