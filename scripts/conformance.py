@@ -69,7 +69,12 @@ def main(argv=None) -> int:
     references = every_reference() if arguments.all else arguments.references
     started = time.perf_counter()
 
+    finished = []
+
     def progress(result):
+        # Rewritten after every optimizer, so a stopped run leaves its table.
+        finished.append(result)
+        write_table(finished, arguments.output, time.perf_counter() - started)
         detail = f" [{result.check}] {result.reason}" if result.check or result.reason else ""
         print(f"{result.reference}: {result.status} ({result.seconds:.1f} s){detail}",
               flush=True)
