@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from .adapters import ADAPTER_KEYS, check_adapter_spec, infer_needs
 from .data import DATASETS
 from .optimizers import class_default_lr, resolve_class
 from .train import RunConfig
@@ -78,6 +79,7 @@ class OptimizerEntry:
     needs_closure: bool = False
     lr_centre: float | None = None  # grid centre; the library default when unset
     lr_source: str = "library default"
+    adapter: dict = field(default_factory=dict)  # needs, partner, base, wrapper
 
     def lr_grid(self, points: int, step_decades: float) -> list[float]:
         """Return ``points`` learning rates spaced ``step_decades`` apart around the centre."""
@@ -173,17 +175,26 @@ def _parse_optimizer(name: str, raw: dict) -> OptimizerEntry:
     where = f"optimizer {name!r}"
     if not isinstance(raw, dict) or "class" not in raw:
         raise StudyError(f"{where}: needs a 'class' key such as torch.optim.Adam")
-    unknown = set(raw) - {"class", "label", "hyperparameters", "needs_closure"}
+    unknown = set(raw) - {"class", "label", "hyperparameters", "needs_closure",
+                          *ADAPTER_KEYS}
     if unknown:
         raise StudyError(f"{where}: unknown keys {sorted(unknown)}")
     hyperparameters = _check_hyperparameters(where, raw.get("hyperparameters") or {})
     resolved = resolve_class(raw["class"])
+    adapter = {key: raw[key] for key in ADAPTER_KEYS if raw.get(key)}
+    try:
+        check_adapter_spec(adapter)
+    except (ValueError, LookupError) as error:
+        raise StudyError(f"{where}: {error}") from error
 
     lr_centre = hyperparameters.pop("lr", None)
     source = "study file"
     if lr_centre is None:
         lr_centre = class_default_lr(resolved.cls)
         source = "library default"
+    if lr_centre is None and infer_needs(resolved.cls).lr_free:
+        lr_centre = 1.0  # a multiplier on the step size the method estimates
+        source = "learning-rate-free multiplier"
     if lr_centre is None:
         raise StudyError(
             f"{where}: {resolved.reference} has no default lr; set "
@@ -197,6 +208,7 @@ def _parse_optimizer(name: str, raw: dict) -> OptimizerEntry:
         needs_closure=bool(raw.get("needs_closure", False)),
         lr_centre=float(lr_centre),
         lr_source=source,
+        adapter=adapter,
     )
 
 
@@ -351,6 +363,7 @@ def make_run(profile: Profile, entry: OptimizerEntry, dataset: str, lr: float,
         test_size=profile.test_size,
         needs_closure=entry.needs_closure,
         precision=profile.precision,
+        adapter=entry.adapter,
     )
     return PlannedRun(run_id(config), phase, config)
 

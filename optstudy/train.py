@@ -15,7 +15,8 @@ from torch.nn import functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, is_lossy_cifar, load_dataset
 from .models import DATASET_MODEL, build_model, count_parameters
-from .optimizers import build_optimizer, optimizer_state_bytes, resolve_class
+from .adapters import build_adapted
+from .optimizers import optimizer_state_bytes, resolve_class
 from .records import write_record
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,13 @@ class RunConfig:
     # Fields added after results were published: left out of the run id while
     # they keep their default (see OPTIONAL_FIELDS), so old ids stay valid.
     precision: str = "fp32"  # fp32, or bf16 autocast (a separate track: other numerics)
+    # The entry's adapter settings (declared needs, partner, base, wrapper);
+    # see optstudy.adapters. Empty for plain optimizers.
+    # NOTE: the notebook runner (execution.py, train.ipynb) does not pass this
+    # field yet, so only needs inferred from the class reach notebook runs.
+    adapter: dict = field(default_factory=dict)
 
-    OPTIONAL_FIELDS = {"precision": "fp32"}
+    OPTIONAL_FIELDS = {"precision": "fp32", "adapter": {}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,12 +212,15 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     l2 = getattr(model, "l2_penalty", None)
 
-    resolved = resolve_class(config.optimizer_class)
-    optimizer, used_hyperparameters = build_optimizer(
-        resolved, model.parameters(), config.hyperparameters
-    )
-
     steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    resolved = resolve_class(config.optimizer_class)
+    adapted = build_adapted(
+        resolved, model, config.hyperparameters, config.adapter,
+        needs_closure=config.needs_closure, device=torch_device,
+        problem={"num_data": len(data.train),
+                 "num_iterations": steps_per_epoch * config.epochs},
+    )
+    optimizer, used_hyperparameters = adapted.optimizer, adapted.hyperparameters_used
     sample_every = max(1, steps_per_epoch // max(1, config.loss_samples_per_epoch))
     # Everything the loop accumulates; saved in checkpoints as one dictionary.
     loop = {
@@ -231,8 +240,10 @@ def train(
 
     def record_epoch(epoch: int, train_loss):
         tick = time.perf_counter()
+        adapted.eval()
         valid = evaluate(model, data, "valid", channels_last, config.precision)
         test = evaluate(model, data, "test", channels_last, config.precision)
+        adapted.train()
         loop["eval_seconds"] += time.perf_counter() - tick
         row = {
             "epoch": epoch,
@@ -272,7 +283,7 @@ def train(
         log.info("resumed from %s after epoch %d", checkpoint_path, last_epoch)
     else:
         record_epoch(0, None)
-
+    adapted.train()
 
     for epoch in range(first_epoch, config.epochs + 1):
         tick = time.perf_counter()
@@ -291,15 +302,11 @@ def train(
                                 precision=config.precision)
                 if l2 is not None:
                     loss = loss + l2()
-                loss.backward()
+                adapted.backward(loss)
                 loop["gradient_evaluations"] += 1
                 return loss
 
-            if config.needs_closure:
-                loss = optimizer.step(closure)
-            else:
-                loss = closure()
-                optimizer.step()
+            loss = adapted.step(closure)
             loop["step"] += 1
             step = loop["step"]
 
