@@ -141,24 +141,41 @@ def completed_count(stdout: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def test_cluster_results_equal_local_results(tmp_path, tiny_data_root, environment,
-                                             scheduler):
-    study = write_study(tmp_path)
+def smoke_command(folder, data_root, *extra):
+    """Run the repository's smoke profile (three datasets, two optimizers)."""
+    return [
+        sys.executable, str(REPO_ROOT / "scripts" / "run_study.py"),
+        "--profile", "smoke", "--store", str(folder / "results.sqlite"),
+        "--runs-dir", str(folder / "runs"), "--device", "cpu", "--threads", "1",
+        *(["--data-dir", str(data_root)] if data_root else []), *extra,
+    ]
+
+
+def test_smoke_study_on_cluster_equals_local(tmp_path, environment, scheduler):
+    from optstudy.data import DataNotFoundError, load_arrays
+    from optstudy.study import load_study
+
+    for dataset in load_study().profile("smoke").datasets:
+        try:
+            load_arrays(dataset, "test", download=False)
+        except DataNotFoundError:
+            pytest.skip(f"no {dataset} under $OPTSTUDY_DATA for the smoke study")
     local, remote = tmp_path / "local", tmp_path / "remote"
-    first = subprocess.run(command(study, local, tiny_data_root, "--jobs", "1"),
-                           capture_output=True, text=True, timeout=600, env=environment)
+    first = subprocess.run(smoke_command(local, None, "--jobs", "2"),
+                           capture_output=True, text=True, timeout=1200, env=environment)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run(command(study, remote, tiny_data_root, "--scheduler", scheduler),
-                            capture_output=True, text=True, timeout=600, env=environment)
+    second = subprocess.run(smoke_command(remote, None, "--scheduler", scheduler),
+                            capture_output=True, text=True, timeout=1200, env=environment)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "dashboard" in second.stdout + second.stderr
 
     local_results, remote_results = results(local), results(remote)
-    assert len(local_results) == 4
+    assert len(local_results) >= 24
     assert set(local_results) == set(remote_results)
     for run_id, row in local_results.items():
         assert remote_results[run_id][:3] == row[:3], run_id
-    assert len(list((remote / "runs").glob("*/train.ipynb"))) == 4
+    notebooks = list((remote / "runs").glob("*/train.ipynb"))
+    assert len(notebooks) == len(remote_results)
 
 
 def _worker_running_a_kernel(scheduler_pid_excluded):
