@@ -104,26 +104,16 @@ def cifar10_binary_dataset(root: Path, train: bool, transform):
 
 
 def split_indices(workload, train_total: int, test_total: int):
-    """Return the training, validation and test indices that ``load_dataset`` uses.
-
-    This repeats the split rule of ``optstudy.data.load_dataset`` (a fixed
-    permutation for validation, then the training subset, then the test
-    subset), so both pipelines train and evaluate on the same images.
-    """
+    """Return the training, validation and test indices that ``load_dataset`` uses."""
     import numpy as np
-    from optstudy.data import SPLIT_SEED
+    from optstudy.data import split_indices as package_split
 
-    order = np.random.default_rng(SPLIT_SEED).permutation(train_total)
-    valid = np.sort(order[:workload.valid_size])
-    train = order[workload.valid_size:]
-    if workload.train_size is not None:
-        train = train[:workload.train_size]
-    train = np.sort(train)
-    if workload.test_size is None:
+    train, valid, test = package_split(
+        train_total, test_total, workload.train_size, workload.valid_size,
+        workload.test_size,
+    )
+    if test is None:
         test = np.arange(test_total)
-    else:
-        test_order = np.random.default_rng(SPLIT_SEED).permutation(test_total)
-        test = np.sort(test_order[:workload.test_size])
     return train.tolist(), valid.tolist(), test.tolist()
 
 

@@ -287,6 +287,42 @@ class Dataset:
 SPLIT_SEED = 20_190_101  # fixed: the validation split never changes with the run seed
 
 
+def split_indices(train_total: int, test_total: int, train_size: int | None,
+                  valid_size: int, test_size: int | None, name: str = "dataset"):
+    """Return the sorted training, validation and test indices of the fixed split.
+
+    Validation takes the first ``valid_size`` images of a permutation drawn
+    from SPLIT_SEED, and training the next ``train_size``. The test index is
+    None when the whole test set is used. Invalid sizes raise ValueError.
+    """
+    if not 0 < valid_size < train_total:
+        raise ValueError(
+            f"valid_size={valid_size} must be between 1 and {train_total - 1} "
+            f"for {name}"
+        )
+    order = np.random.default_rng(SPLIT_SEED).permutation(train_total)
+    valid_index = np.sort(order[:valid_size])
+    train_index = order[valid_size:]
+    if train_size is not None:
+        if not 0 < train_size <= len(train_index):
+            raise ValueError(
+                f"train_size={train_size} must be between 1 and {len(train_index)} "
+                f"for {name} with valid_size={valid_size}"
+            )
+        train_index = train_index[:train_size]
+    train_index = np.sort(train_index)
+
+    test_index = None
+    if test_size is not None:
+        if not 0 < test_size <= test_total:
+            raise ValueError(
+                f"test_size={test_size} must be between 1 and {test_total}"
+            )
+        test_order = np.random.default_rng(SPLIT_SEED).permutation(test_total)
+        test_index = np.sort(test_order[:test_size])
+    return train_index, valid_index, test_index
+
+
 def load_dataset(
     name: str,
     data_root=None,
@@ -305,30 +341,11 @@ def load_dataset(
     train_images, train_labels = load_arrays(name, "train", data_root, download)
     test_images, test_labels = load_arrays(name, "test", data_root, download)
 
-    total = len(train_labels)
-    if not 0 < valid_size < total:
-        raise ValueError(
-            f"valid_size={valid_size} must be between 1 and {total - 1} for {name}"
-        )
-    order = np.random.default_rng(SPLIT_SEED).permutation(total)
-    valid_index = np.sort(order[:valid_size])
-    train_index = order[valid_size:]
-    if train_size is not None:
-        if not 0 < train_size <= len(train_index):
-            raise ValueError(
-                f"train_size={train_size} must be between 1 and {len(train_index)} "
-                f"for {name} with valid_size={valid_size}"
-            )
-        train_index = train_index[:train_size]
-    train_index = np.sort(train_index)
-
-    if test_size is not None:
-        if not 0 < test_size <= len(test_labels):
-            raise ValueError(
-                f"test_size={test_size} must be between 1 and {len(test_labels)}"
-            )
-        test_index = np.sort(np.random.default_rng(SPLIT_SEED).permutation(
-            len(test_labels))[:test_size])
+    train_index, valid_index, test_index = split_indices(
+        len(train_labels), len(test_labels), train_size, valid_size, test_size,
+        name=name,
+    )
+    if test_index is not None:
         test_images, test_labels = test_images[test_index], test_labels[test_index]
 
     def split(images, labels) -> Split:
