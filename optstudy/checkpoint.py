@@ -1,6 +1,6 @@
 """Per-epoch checkpoints, so a preempted long run continues where it stopped.
 
-A checkpoint holds the model and optimizer states, the loop's counters and
+A checkpoint contains the model and optimizer states, the loop's counters and
 every random state the loop draws from (torch, numpy, Python and the
 mini-batch generator), so a resumed run reproduces the uninterrupted one.
 """

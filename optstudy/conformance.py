@@ -219,9 +219,9 @@ def _check(result: ConformanceResult, reference: str, hyperparameters: dict | No
             f"in {steps} steps",
         )
     if not _all_finite(model.parameters()):
-        raise CheckFailed("finite parameters", "a parameter holds NaN or infinity")
+        raise CheckFailed("finite parameters", "a parameter contains NaN or infinity")
     if not _all_finite(_tensors(adapted.optimizer.state_dict())):
-        raise CheckFailed("finite state", "the optimizer state holds NaN or infinity")
+        raise CheckFailed("finite state", "the optimizer state contains NaN or infinity")
 
     _check_counts(adapted.needs, counter, steps)
     _check_round_trip(adapted, model, inputs, labels, build)

@@ -238,7 +238,7 @@ def load_arrays(name: str, split: str, data_root=None, download: bool = True):
 
 
 def is_lossy_cifar(data_root=None) -> bool:
-    """Tell whether the CIFAR-10 copy is the JPEG-decoded one (its README says so)."""
+    """Tell whether the CIFAR-10 copy is the JPEG-decoded one (its README marks it LOSSY)."""
     root = resolve_data_root(data_root)
     readme = root / "README.md"
     return readme.is_file() and "LOSSY" in readme.read_text(errors="replace")
@@ -336,7 +336,7 @@ def load_dataset(
     The validation images are drawn from the training set by a fixed seed, so
     they never overlap the test set and are the same for every run. The
     training subset (``train_size``) is taken from the remaining images, also
-    in a fixed order, so every optimizer sees the same subset.
+    in a fixed order, so every optimizer trains on the same subset.
     """
     train_images, train_labels = load_arrays(name, "train", data_root, download)
     test_images, test_labels = load_arrays(name, "test", data_root, download)

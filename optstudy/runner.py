@@ -1,6 +1,6 @@
 """The batch runner: expand a study into runs, execute them as Dask tasks, store results.
 
-By default the runs go to a ``LocalCluster`` on this machine; with a scheduler
+By default the runs go to a ``LocalCluster`` on this machine. With a scheduler
 address they go to that cluster instead (``dask scheduler`` / ``dask worker``,
 or dask-jobqueue on Slurm or PBS). Each task executes one papermill run on its
 worker and returns the record and the executed notebook's bytes. This client

@@ -15,7 +15,7 @@ STORE_ENV = "OPTSTUDY_STORE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORE = REPO_ROOT / "results" / "default" / "results.sqlite"
 
-# Terminal outcomes of a run. "completed" and "diverged" are results; "failed"
+# Terminal outcomes of a run. "completed" and "diverged" are results. "failed"
 # (an exception in the notebook) and "crashed" (the kernel died or timed out)
 # are stored too, and rerun only with the runner's --retry-failed.
 STATUSES = ("completed", "diverged", "failed", "crashed")
@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS loss_samples (
 
 
 class StoreNotFoundError(FileNotFoundError):
-    """Raised when a read-only store is opened at a path that holds no file."""
+    """Raised when a read-only store is opened at a path where no file exists."""
 
 
 def resolve_store_path(path: str | os.PathLike | None = None) -> Path:

@@ -404,8 +404,8 @@ def plan_cell(study: Study, profile: Profile, entry: OptimizerEntry, dataset: st
         best = max(runs, key=lambda run: (score(results[run.run_id]), -run.lr))
         lrs = sorted(run.lr for run in runs)
         if score(results[best.run_id])[0] == -math.inf:
-            # Nothing finished. If every point diverged, the grid sits too
-            # high: try below it. Failures and crashes say nothing about lr.
+            # Nothing finished. If every point diverged, the grid is too high,
+            # so try below it. Failures and crashes tell nothing about lr.
             if any(results[run.run_id].get("status") != "diverged" for run in runs):
                 break
             new_lr = lrs[0] / factor

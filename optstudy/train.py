@@ -22,9 +22,9 @@ from .records import write_record
 log = logging.getLogger(__name__)
 
 # A run counts as diverged at the first non-finite mini-batch loss, or when the
-# loss exceeds this multiple of the first mini-batch loss (about 2.3 for ten
-# classes, so the threshold is about 23: a network that confidently predicts
-# wrong classes and is not coming back).
+# loss exceeds this multiple of the first mini-batch loss. That first loss is
+# about 2.3 for ten classes, so the threshold is about 23, the loss of a network
+# that confidently predicts wrong classes and is not coming back.
 DIVERGENCE_FACTOR = 10.0
 # Measured on 2 cores: 128 evaluates 2c2d at 5,000 images/s and 3c3d at 3,300,
 # against 3,100 and 1,450 for batches of 1,000 (larger batches fall out of cache).

@@ -72,7 +72,8 @@ def parse_arguments(argv=None):
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    # Dask logs every worker start and stop at INFO; the progress bar says enough.
+    # Dask logs every worker start and stop at INFO, which the progress bar makes
+    # redundant.
     for name in ("distributed", "dask"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -66,10 +66,10 @@ def test_missing_dataset_error_names_files(tmp_path):
 
 
 def test_failed_download_error_names_dataset(tmp_path, monkeypatch):
-    def refuse(root, name):
+    def fail_download(root, name):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data, "_download", refuse)
+    monkeypatch.setattr(data, "_download", fail_download)
     with pytest.raises(data.DataNotFoundError) as caught:
         data.load_arrays("cifar10", "train", tmp_path, download=True)
     assert "network unreachable" in str(caught.value)
