@@ -69,6 +69,15 @@ CREATE TABLE IF NOT EXISTS claims (
     owner TEXT NOT NULL,
     heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checks (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    step INTEGER NOT NULL,
+    epoch REAL NOT NULL,
+    train_seconds REAL NOT NULL,
+    valid_loss REAL,
+    valid_accuracy REAL,
+    PRIMARY KEY (run_id, step)
+);
 CREATE TABLE IF NOT EXISTS loss_samples (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
     step INTEGER NOT NULL,
@@ -116,7 +125,7 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False):
 def save_run(connection, run_id: str, profile: str, phase: str, config: dict,
              status: str, record: dict | None = None, error: str | None = None,
              notebook_path: str | None = None, seconds_wall: float | None = None):
-    """Write one finished run, its epochs and loss samples in one transaction.
+    """Write one finished run, its epochs, checks and loss samples in one transaction.
 
     A run stored earlier with the same id (a failed attempt) is replaced.
     """
@@ -169,6 +178,11 @@ def save_run(connection, run_id: str, profile: str, phase: str, config: dict,
         connection.executemany(
             "INSERT INTO loss_samples VALUES (?, ?, ?)",
             [(run_id, s["step"], s["loss"]) for s in record.get("loss_samples", [])],
+        )
+        connection.executemany(
+            "INSERT INTO checks VALUES (:run_id, :step, :epoch, :train_seconds, "
+            ":valid_loss, :valid_accuracy)",
+            [{"run_id": run_id, **check} for check in record.get("checks", [])],
         )
 
 

@@ -9,6 +9,14 @@ earlier results, so the plan is recomputed from the results store each time:
    ``max_extensions`` times, so no optimizer is judged at a boundary;
 3. ``seed``: the best learning rate rerun with the remaining seeds.
 
+Beside this *tuned* track runs the *out-of-the-box* track (phase
+``out_of_box``): every seed at the library's default learning rate, as a
+practitioner would first try the optimizer. It depends on no result, so it
+runs alongside the grid. A run that both tracks need (the default learning
+rate is usually a grid point) has one run id and runs once; it keeps the phase
+of the track that planned it first, so the analysis tells the tracks apart
+by learning rate and seed, not by phase.
+
 Because the plan is a pure function of the study and the stored results,
 an interrupted study resumes with exactly the missing runs.
 """
@@ -79,6 +87,8 @@ class OptimizerEntry:
     needs_closure: bool = False
     lr_centre: float | None = None  # grid centre; the library default when unset
     lr_source: str = "library default"
+    # The out-of-the-box learning rate: the library default, else the centre.
+    lr_default: float | None = None
     adapter: dict = field(default_factory=dict)  # needs, partner, base, wrapper
 
     def lr_grid(self, points: int, step_decades: float) -> list[float]:
@@ -114,6 +124,8 @@ class Profile:
     max_extensions: int = 2
     checkpoint: bool = False  # save every epoch, so preempted runs continue
     precision: str = "fp32"  # bf16 makes a separate track: its numerics differ
+    evals_per_epoch: int = 1  # validation checks per epoch, for time-to-target
+    out_of_box: bool = True  # also run every seed at the library default lr
     description: str = ""
 
 
@@ -188,6 +200,7 @@ def _parse_optimizer(name: str, raw: dict) -> OptimizerEntry:
         raise StudyError(f"{where}: {error}") from error
 
     lr_centre = hyperparameters.pop("lr", None)
+    library_lr = class_default_lr(resolved.cls)
     source = "study file"
     if lr_centre is None:
         lr_centre = class_default_lr(resolved.cls)
@@ -208,6 +221,8 @@ def _parse_optimizer(name: str, raw: dict) -> OptimizerEntry:
         needs_closure=bool(raw.get("needs_closure", False)),
         lr_centre=float(lr_centre),
         lr_source=source,
+        lr_default=_round_lr(float(library_lr if library_lr is not None
+                                   else lr_centre)),
         adapter=adapter,
     )
 
@@ -252,9 +267,11 @@ def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
         max_extensions=int(raw.get("max_extensions", 2)),
         checkpoint=bool(raw.get("checkpoint", False)),
         precision=str(raw.get("precision", "fp32")),
+        evals_per_epoch=raw.get("evals_per_epoch", 1),
+        out_of_box=bool(raw.get("out_of_box", True)),
         description=str(raw.get("description", "")),
     )
-    for key in ("epochs", "batch_size", "valid_size", "lr_points"):
+    for key in ("epochs", "batch_size", "valid_size", "lr_points", "evals_per_epoch"):
         value = getattr(profile, key)
         if not isinstance(value, int) or value < 1:
             raise StudyError(f"{where}: {key}={value!r} must be a positive integer")
@@ -364,8 +381,20 @@ def make_run(profile: Profile, entry: OptimizerEntry, dataset: str, lr: float,
         needs_closure=entry.needs_closure,
         precision=profile.precision,
         adapter=entry.adapter,
+        evals_per_epoch=profile.evals_per_epoch,
     )
     return PlannedRun(run_id(config), phase, config)
+
+
+def out_of_box_runs(profile: Profile, entry: OptimizerEntry,
+                    dataset: str) -> list[PlannedRun]:
+    """Return the out-of-the-box track of one cell: every seed at the default lr."""
+    if not profile.out_of_box:
+        return []
+    return [
+        make_run(profile, entry, dataset, entry.lr_default, seed, "out_of_box")
+        for seed in profile.seeds
+    ]
 
 
 def score(result: dict | None) -> tuple[float, float]:
@@ -391,8 +420,19 @@ def plan_cell(study: Study, profile: Profile, entry: OptimizerEntry, dataset: st
 
     ``results`` maps run ids to stored results (at least status and
     final_valid_accuracy). Runs of later phases appear only once the runs
-    they depend on have finished.
+    they depend on have finished. Each run id appears once: a run both
+    tracks need is listed with the tuned track's phase.
     """
+    tuned, final = plan_tuned(study, profile, entry, dataset, results)
+    seen = {run.run_id for run in tuned}
+    extra = [run for run in out_of_box_runs(profile, entry, dataset)
+             if run.run_id not in seen]
+    return tuned + extra, final
+
+
+def plan_tuned(study: Study, profile: Profile, entry: OptimizerEntry, dataset: str,
+               results: dict[str, dict]) -> tuple[list[PlannedRun], bool]:
+    """Return the tuned track's runs of one cell now, and whether they are final."""
     seed0 = profile.seeds[0]
     grid = study.grid(profile, entry)
     runs = [make_run(profile, entry, dataset, lr, seed0, "grid") for lr in grid]
@@ -446,8 +486,13 @@ def plan(study: Study, profile: Profile, results: dict[str, dict]):
 
 def expected_run_count(study: Study, profile: Profile) -> int:
     """Return the number of runs without extensions: an estimate for progress bars."""
-    per_cell = sum(
-        len(study.grid(profile, study.optimizers[name])) + len(profile.seeds) - 1
-        for name in profile.optimizers
-    )
+    per_cell = 0
+    for name in profile.optimizers:
+        entry = study.optimizers[name]
+        grid = study.grid(profile, entry)
+        per_cell += len(grid) + len(profile.seeds) - 1
+        if profile.out_of_box:
+            # Seeds beyond the first coincide with the tuned ones only when
+            # tuning picks the default; count them as extra.
+            per_cell += len(profile.seeds) - 1 + (entry.lr_default not in grid)
     return per_cell * len(profile.datasets)

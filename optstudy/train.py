@@ -52,11 +52,12 @@ class RunConfig:
     precision: str = "fp32"  # fp32, or bf16 autocast (a separate track: other numerics)
     # The entry's adapter settings (declared needs, partner, base, wrapper);
     # see optstudy.adapters. Empty for plain optimizers.
-    # NOTE: the notebook runner (execution.py, train.ipynb) does not pass this
-    # field yet, so only needs inferred from the class reach notebook runs.
     adapter: dict = field(default_factory=dict)
+    # Validation checks per epoch. Time-to-target is read off these checks, so
+    # more of them give it a finer resolution at the cost of evaluation time.
+    evals_per_epoch: int = 1
 
-    OPTIONAL_FIELDS = {"precision": "fp32", "adapter": {}}
+    OPTIONAL_FIELDS = {"precision": "fp32", "adapter": {}, "evals_per_epoch": 1}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,6 +223,12 @@ def train(
     )
     optimizer, used_hyperparameters = adapted.optimizer, adapted.hyperparameters_used
     sample_every = max(1, steps_per_epoch // max(1, config.loss_samples_per_epoch))
+    if not isinstance(config.evals_per_epoch, int) or config.evals_per_epoch < 1:
+        raise ValueError(
+            f"invalid evals_per_epoch {config.evals_per_epoch!r}: expected an "
+            "integer of at least 1 (validation checks per epoch)"
+        )
+    check_every = max(1, steps_per_epoch // config.evals_per_epoch)
     # Everything the loop accumulates; saved in checkpoints as one dictionary.
     loop = {
         "history": [],
@@ -232,11 +239,34 @@ def train(
         "eval_seconds": 0.0,
         "initial_loss": None,
         "last_finite_loss": None,
+        "checks": [],
     }
     history = loop["history"]
     loss_samples = loop["loss_samples"]
     status = "completed"
     divergence = None
+
+    def check(valid: dict) -> None:
+        # One point of the validation curve that time-to-target is read from;
+        # train_seconds counts training steps only, never evaluation.
+        loop["checks"].append({
+            "step": loop["step"],
+            "epoch": loop["step"] / steps_per_epoch,
+            "train_seconds": loop["train_seconds"],
+            "valid_loss": finite_or_none(valid["loss"]),
+            "valid_accuracy": valid["accuracy"],
+        })
+
+    def check_within_epoch() -> float:
+        """Evaluate the validation split mid-epoch; return the seconds it took."""
+        tick = time.perf_counter()
+        adapted.eval()
+        valid = evaluate(model, data, "valid", channels_last, config.precision)
+        adapted.train()
+        check(valid)
+        spent = time.perf_counter() - tick
+        loop["eval_seconds"] += spent
+        return spent
 
     def record_epoch(epoch: int, train_loss):
         tick = time.perf_counter()
@@ -245,6 +275,7 @@ def train(
         test = evaluate(model, data, "test", channels_last, config.precision)
         adapted.train()
         loop["eval_seconds"] += time.perf_counter() - tick
+        check(valid)
         row = {
             "epoch": epoch,
             "step": loop["step"],
@@ -279,6 +310,7 @@ def train(
         last_epoch, saved_loop = restored
         loop.update(saved_loop)
         history, loss_samples = loop["history"], loop["loss_samples"]
+        loop.setdefault("checks", [])
         first_epoch = last_epoch + 1
         log.info("resumed from %s after epoch %d", checkpoint_path, last_epoch)
     else:
@@ -289,6 +321,7 @@ def train(
         tick = time.perf_counter()
         order = torch.randperm(len(data.train), generator=generator).to(torch_device)
         loss_sum = 0.0
+        epoch_start_seconds = loop["train_seconds"]
         for start in range(0, len(order), config.batch_size):
             index = order[start:start + config.batch_size]
             images = data.train.images[index]
@@ -327,8 +360,14 @@ def train(
                 break
             loss_sum += value
             loop["last_finite_loss"] = value
+            step_in_epoch = step - (epoch - 1) * steps_per_epoch
+            if step_in_epoch % check_every == 0 and step_in_epoch < steps_per_epoch:
+                loop["train_seconds"] = (
+                    epoch_start_seconds + time.perf_counter() - tick
+                )
+                tick += check_within_epoch()
 
-        loop["train_seconds"] += time.perf_counter() - tick
+        loop["train_seconds"] = epoch_start_seconds + time.perf_counter() - tick
         if status == "diverged":
             break
         record_epoch(epoch, loss_sum / steps_per_epoch)
@@ -353,6 +392,7 @@ def train(
         "cifar_lossy": config.dataset == "cifar10" and is_lossy_cifar(data_root),
         "history": history,
         "loss_samples": loss_samples,
+        "checks": loop["checks"],
         "steps": loop["step"],
         "gradient_evaluations": loop["gradient_evaluations"],
         "optimizer_state_bytes": optimizer_state_bytes(optimizer),
