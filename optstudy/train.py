@@ -272,7 +272,10 @@ def train(
         tick = time.perf_counter()
         adapted.eval()
         valid = evaluate(model, data, "valid", channels_last, config.precision)
-        test = evaluate(model, data, "test", channels_last, config.precision)
+        # The test split is only reported at the end (tuning never reads it),
+        # so it is evaluated after the last epoch only.
+        test = (evaluate(model, data, "test", channels_last, config.precision)
+                if epoch == config.epochs else {"loss": None, "accuracy": None})
         adapted.train()
         loop["eval_seconds"] += time.perf_counter() - tick
         check(valid)
