@@ -37,6 +37,8 @@ DATASET_NAMES = {
 }
 TUNING_PHASES = ("grid", "extension")
 SEED_PHASE = "seed"
+OUT_OF_BOX_PHASE = "out_of_box"
+SUPERSEDED_PHASE = "superseded"
 BUDGET_KEYS = ("epochs", "batch_size", "train_size", "valid_size", "test_size")
 FAILED_STATUSES = ("failed", "crashed")
 
@@ -224,14 +226,11 @@ def tuned_runs(runs: pd.DataFrame) -> pd.DataFrame:
         lr = choose_lr(cell)
         if lr is None:
             continue
-        tuning = cell[cell["phase"].isin(TUNING_PHASES)]
-        first_seed = tuning["seed"].min()
-        at_lr = cell[same_lr(cell["lr"], lr)]
-        is_seed_run = at_lr["phase"] == SEED_PHASE
-        is_first_seed_run = at_lr["phase"].isin(TUNING_PHASES) & (
-            at_lr["seed"] == first_seed
-        )
-        parts.append(at_lr[is_seed_run | is_first_seed_run].assign(tuned_lr=lr))
+        # Every live run at the tuned rate is a tuned run: the first-seed
+        # tuning run, the seed runs, and out-of-the-box runs that share their
+        # ids because the tuned rate is the library default.
+        live = cell[cell["phase"] != SUPERSEDED_PHASE]
+        parts.append(live[same_lr(live["lr"], lr)].assign(tuned_lr=lr))
     if not parts:
         return runs.iloc[0:0].assign(tuned_lr=pd.Series(dtype=float))
     return pd.concat(parts, ignore_index=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
@@ -21,10 +23,20 @@ def optimizer_colours(names) -> dict[str, str]:
 
 
 def plot_run(record: dict):
-    """Draw one run's learning curves: mini-batch loss, then accuracy per epoch."""
+    """Draw one run's learning curves: losses, then accuracies, against epochs.
+
+    Validation values come from the checks within epochs when the record has
+    them (else from the epoch rows); test values exist only where the run
+    evaluated the test split, which is after the last epoch.
+    """
     history = record["history"]
     samples = record["loss_samples"]
     steps_per_epoch = max(1, record["steps"] // max(1, len(history) - 1))
+    checks = record.get("checks") or [
+        {"epoch": h["epoch"], "valid_loss": h["valid_loss"],
+         "valid_accuracy": h["valid_accuracy"]} for h in history
+    ]
+    tested = [h for h in history if h.get("test_accuracy") is not None]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
 
     loss_axis.plot(
@@ -32,16 +44,21 @@ def plot_run(record: dict):
         [s["loss"] for s in samples],
         color="0.6", lw=1, label="mini-batch (training)",
     )
-    for key, label in (("valid_loss", "validation"), ("test_loss", "test")):
-        loss_axis.plot([h["epoch"] for h in history], [h[key] for h in history],
-                       marker="o", label=label)
+    loss_axis.plot([c["epoch"] for c in checks],
+                   [math.nan if c["valid_loss"] is None else c["valid_loss"]
+                    for c in checks], marker="o", label="validation")
+    loss_axis.plot([h["epoch"] for h in tested], [h["test_loss"] for h in tested],
+                   marker="s", linestyle="none", label="test")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("cross-entropy loss (nats)")
     loss_axis.legend()
 
-    for key, label in (("valid_accuracy", "validation"), ("test_accuracy", "test")):
-        accuracy_axis.plot([h["epoch"] for h in history],
-                           [100 * h[key] for h in history], marker="o", label=label)
+    accuracy_axis.plot([c["epoch"] for c in checks],
+                       [100 * c["valid_accuracy"] for c in checks], marker="o",
+                       label="validation")
+    accuracy_axis.plot([h["epoch"] for h in tested],
+                       [100 * h["test_accuracy"] for h in tested], marker="s",
+                       linestyle="none", label="test")
     accuracy_axis.set_xlabel("epoch")
     accuracy_axis.set_ylabel("accuracy (%)")
     accuracy_axis.legend()
