@@ -551,6 +551,8 @@ class DatasetReport:
     accuracy_curves: pd.DataFrame
     loss_curves: pd.DataFrame
     values: dict
+    tracks: object = None  # optstudy.tracks.TrackReport
+    check_curves: pd.DataFrame | None = None
 
 
 def dataset_report(
@@ -575,6 +577,15 @@ def dataset_report(
         values={},
     )
     report.values = _dataset_values(report, runs, tuned)
+    from . import tracks  # tracks builds on this module
+
+    report.tracks = tracks.track_report(context)
+    report.check_curves = tracks.check_curves(
+        report.tracks.tracks,
+        tracks.load_checks(context.connection, report.tracks.tracks["run_id"]),
+        dataset,
+    )
+    report.values.update(tracks.dataset_track_values(report.tracks, context, dataset))
     return report
 
 
@@ -985,7 +996,15 @@ def method_values(context: Context) -> dict:
     }
     values.update(budget_values(runs))
     values.update(protocol_values(profile))
+    values["targets_text"] = targets_text(context.study.targets)
     return values
+
+
+def targets_text(targets: dict[str, float]) -> str:
+    """List the time-to-target thresholds, e.g. "MNIST 88%, CIFAR-10 25%"."""
+    parts = [f"{DATASET_NAMES.get(name, name)} {100 * value:g}%"
+             for name, value in targets.items()]
+    return ", ".join(parts) if parts else "none set in the study file"
 
 
 def protocol_values(profile) -> dict:
@@ -997,7 +1016,7 @@ def protocol_values(profile) -> dict:
     if profile is None:
         return {"grid_points": "unknown", "grid_spacing": "unknown",
                 "max_extensions": "unknown", "n_seeds": "unknown",
-                "seed_list": "unknown"}
+                "seed_list": "unknown", "checks_text": "unknown"}
     if profile.lr_values:
         points = len(profile.lr_values)
         spacing = "from a fixed list"
@@ -1012,6 +1031,7 @@ def protocol_values(profile) -> dict:
         "max_extensions": extensions,
         "n_seeds": str(len(profile.seeds)),
         "seed_list": ", ".join(str(s) for s in profile.seeds),
+        "checks_text": count_text([profile.evals_per_epoch], "time"),
     }
 
 

@@ -302,3 +302,120 @@ def plot_learning_rate_illustration(paths: dict, loss, x_range=(-3.2, 3.2)):
     step_axis.legend(frameon=False)
     figure.tight_layout()
     return figure
+
+
+# --- Figures of the two tracks -------------------------------------------------
+
+TRACK_TITLES = {"out_of_box": "out of the box (library default lr)",
+                "tuned": "tuned lr"}
+
+
+def plot_track_curves(curves, colours: dict, labels: dict, target: float | None = None):
+    """Draw validation accuracy against epochs for both tracks, side by side.
+
+    Lines are means over seeds; bands are 95% bootstrap intervals of the mean.
+    A dashed line marks the time-to-target threshold. Takes the frame of
+    ``tracks.check_curves``.
+    """
+    if curves.empty:
+        return empty_figure("no completed runs to draw")
+    order = [name for name in colours if name in set(curves["optimizer"])]
+    with _whitegrid():
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, track in zip(axes, ("out_of_box", "tuned")):
+        mine = curves[curves["track"] == track]
+        for name in order:
+            rows = mine[mine["optimizer"] == name].sort_values("epoch")
+            if rows.empty:
+                continue
+            axis.plot(rows["epoch"], 100 * rows["mean"], color=colours[name],
+                      lw=1.4, marker=".", label=labels.get(name, name))
+            _band(axis, rows["epoch"], 100 * rows["low"].fillna(rows["mean"]),
+                  100 * rows["high"].fillna(rows["mean"]), colours[name])
+        if target is not None:
+            axis.axhline(100 * target, color="0.3", lw=1, linestyle="--")
+        axis.set_title(TRACK_TITLES[track], fontsize=10)
+        axis.set_xlabel("epoch")
+    axes[0].set_ylabel("validation accuracy (%)")
+    handles, names = axes[1].get_legend_handles_labels()
+    if not handles:
+        handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def plot_rank_heatmap(ranks, labels: dict, datasets: dict):
+    """Draw each optimizer's rank per dataset and track as a heatmap.
+
+    Cells show the rank of the mean test accuracy (1 is best) and, below it,
+    its 95% bootstrap interval. Rows are sorted by the mean tuned rank.
+    Takes the frame of ``tracks.all_ranks``.
+    """
+    if ranks.empty:
+        return empty_figure("no ranks to draw")
+    import seaborn as sns
+
+    columns = [(track, dataset) for track in ("out_of_box", "tuned")
+               for dataset in datasets if dataset in set(ranks["dataset"])]
+    tuned = ranks[ranks["track"] == "tuned"].groupby("optimizer")["rank"].mean()
+    order = list(tuned.sort_values().index) + sorted(
+        set(ranks["optimizer"]) - set(tuned.index))
+    values = np.full((len(order), len(columns)), np.nan)
+    notes = np.full((len(order), len(columns)), "", dtype=object)
+    indexed = ranks.set_index(["optimizer", "track", "dataset"])
+    for i, name in enumerate(order):
+        for j, (track, dataset) in enumerate(columns):
+            if (name, track, dataset) in indexed.index:
+                row = indexed.loc[(name, track, dataset)]
+                values[i, j] = row["rank"]
+                notes[i, j] = (f"{row['rank']:.0f}\n[{row['rank_low']:.0f}-"
+                               f"{row['rank_high']:.0f}]")
+    figure, axis = plt.subplots(figsize=(1.3 * len(columns) + 2.5,
+                                         0.45 * len(order) + 1.6))
+    sns.heatmap(values, annot=notes, fmt="", cmap="viridis_r", ax=axis,
+                cbar_kws={"label": "rank (1 is best)"}, annot_kws={"fontsize": 7},
+                linewidths=0.5, linecolor="white")
+    axis.set_yticks(np.arange(len(order)) + 0.5,
+                    [labels.get(name, name) for name in order], rotation=0)
+    axis.set_xticks(np.arange(len(columns)) + 0.5,
+                    [f"{datasets[d]}\n{'default' if t == 'out_of_box' else 'tuned'}"
+                     for t, d in columns], rotation=0, fontsize=8)
+    axis.set_xlabel("dataset and track")
+    figure.tight_layout()
+    return figure
+
+
+def plot_performance_profiles(profiles, colours: dict, labels: dict,
+                              unit: str = "training seconds"):
+    """Draw performance profiles of time-to-target for both tracks.
+
+    Each line is the share of (dataset, seed) problems on which the optimizer
+    reached the target within a factor tau of the fastest optimizer.
+    Takes the frame of ``tracks.performance_profiles``.
+    """
+    if profiles.empty:
+        return empty_figure("no time-to-target values to draw")
+    order = [name for name in colours if name in set(profiles["optimizer"])]
+    with _whitegrid():
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, track in zip(axes, ("out_of_box", "tuned")):
+        mine = profiles[profiles["track"] == track]
+        for name in order:
+            rows = mine[mine["optimizer"] == name].sort_values("tau")
+            if rows.empty:
+                continue
+            axis.step(rows["tau"], 100 * rows["share"], where="post",
+                      color=colours[name], lw=1.4, label=labels.get(name, name))
+        axis.set_xscale("log")
+        _plain_log_labels(axis.xaxis)
+        axis.set_title(TRACK_TITLES[track], fontsize=10)
+        axis.set_xlabel(f"tau: factor over the fastest ({unit}, log scale)")
+        axis.set_ylim(-2, 102)
+    axes[0].set_ylabel("problems within tau of the fastest (%)")
+    handles, names = axes[1].get_legend_handles_labels()
+    figure.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False)
+    figure.tight_layout()
+    return figure

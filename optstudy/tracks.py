@@ -46,7 +46,13 @@ def expected_seeds(context: Context) -> list[int]:
 
 def load_checks(connection, run_ids) -> pd.DataFrame:
     """Return the validation checks (step, training seconds, accuracy) of the runs."""
-    frame = pd.read_sql_query("SELECT * FROM checks ORDER BY run_id, step", connection)
+    try:
+        frame = pd.read_sql_query("SELECT * FROM checks ORDER BY run_id, step",
+                                  connection)
+    except pd.errors.DatabaseError:
+        # A store written before runs recorded checks: no time-to-target.
+        return pd.DataFrame(columns=["run_id", "step", "epoch", "train_seconds",
+                                     "valid_loss", "valid_accuracy"])
     return frame[frame["run_id"].isin(set(run_ids))].reset_index(drop=True)
 
 
@@ -122,7 +128,14 @@ def cell_summary(tracks: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
             "gradient_evaluations": _median(completed["gradient_evaluations"]),
             "state_bytes": _median(cell["optimizer_state_bytes"]),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+CELL_COLUMNS = [
+    "dataset", "optimizer", "track", "lr", "expected", "completed", "diverged",
+    "failed", "complete", "test_mean", "test_low", "test_high", "valid_mean",
+    "reached", "target_step", "target_seconds", "gradient_evaluations", "state_bytes",
+]
 
 
 def _values(tracks: pd.DataFrame, dataset: str, track: str) -> pd.DataFrame:
@@ -172,7 +185,10 @@ def profile_times(tracks: pd.DataFrame, track: str,
     A run that did not reach the target, diverged, failed or is missing counts
     as not reached (infinity).
     """
-    mine = tracks[tracks["track"] == track]
+    mine = tracks[tracks["track"] == track].copy()
+    # Missed targets become infinite before pivoting, so a problem that no
+    # optimizer solved keeps its row and counts against every profile.
+    mine[measure] = mine[measure].astype(float).fillna(np.inf)
     table = mine.pivot_table(index=["dataset", "seed"], columns="optimizer",
                              values=measure, aggfunc="first")
     return table.reindex(columns=sorted(mine["optimizer"].unique())).fillna(np.inf)
@@ -427,19 +443,35 @@ def track_report(context: Context) -> TrackReport:
     return TrackReport(tracks, cell_summary(tracks, seeds), all_ranks(tracks), seeds)
 
 
+def _table_md(frame: pd.DataFrame, empty: str) -> str:
+    """Render a table, or a one-cell table that says why there are no rows.
+
+    A ``{table}`` directive needs exactly one table, so an empty frame still
+    renders as one.
+    """
+    if frame.empty:
+        frame = pd.DataFrame({"result": [empty]})
+    return markdown_table(frame)
+
+
 def dataset_track_values(report: TrackReport, context: Context,
                          dataset: str) -> dict:
     """Glue values of one results chapter's two-track section."""
     summary = report.summary
     mine = summary[summary["dataset"] == dataset]
     incomplete = mine[~mine["complete"]]
+    profile = context.study.profiles.get(context.profile)
     return {
         "track_seeds": count_text([len(report.seeds)], "seed"),
+        "checks_text": count_text([profile.evals_per_epoch], "time") if profile
+        else "unknown",
         "target": context.study.targets.get(dataset, math.nan),
         "n_incomplete": len(incomplete),
-        "track_table_md": markdown_table(
-            accuracy_table(summary, report.tracks, dataset, context.labels)),
-        "cost_table_md": markdown_table(cost_table(summary, dataset, context.labels)),
+        "track_table_md": _table_md(
+            accuracy_table(summary, report.tracks, dataset, context.labels),
+            "no completed runs on this dataset yet"),
+        "cost_table_md": _table_md(cost_table(summary, dataset, context.labels),
+                                   "no completed runs on this dataset yet"),
     }
 
 
@@ -449,6 +481,7 @@ def cross_dataset_values(report: TrackReport, context: Context) -> dict:
         "first_choice": first_choice_sentence(report.ranks, context.labels),
         "tuning_gain": tuning_gain_sentence(report.summary, context.labels),
         "best_default": best_default_sentence(report.summary, context.labels),
-        "rank_overview_md": markdown_table(rank_overview(report.ranks, context.labels)),
+        "rank_overview_md": _table_md(rank_overview(report.ranks, context.labels),
+                                      "no ranked optimizers yet"),
         "track_seeds": count_text([len(report.seeds)], "seed"),
     }

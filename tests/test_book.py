@@ -128,7 +128,8 @@ def reference_best_mean(path: Path, dataset: str) -> float:
     is the rate of the ``seed`` phase runs. Before they exist, it is the rate
     of the completed first-seed tuning run with the highest validation
     accuracy (then lowest validation loss, then lowest rate). The tuned runs
-    are the seed runs plus the first-seed tuning run at that rate.
+    are all runs at that rate, whatever phase planned them first (the
+    out-of-the-box track shares runs with the tuned one).
     """
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     rows = connection.execute(
@@ -150,11 +151,10 @@ def reference_best_mean(path: Path, dataset: str) -> float:
             if not completed:
                 continue
             rate = max(completed, key=lambda row: (row[5], -row[6], -row[2]))[2]
-        first_seed = min(row[3] for row in tuning)
         accuracies = [
             row[7] for row in cell
             if math.isclose(row[2], rate, rel_tol=1e-6) and row[4] == "completed"
-            and (row[1] == "seed" or row[3] == first_seed)
+            and row[1] != "superseded"
         ]
         if accuracies:
             means.append(sum(accuracies) / len(accuracies))

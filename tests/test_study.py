@@ -134,12 +134,60 @@ def fake_results(runs, accuracy_by_lr):
     }
 
 
-def test_plan_starts_with_grid_only(tmp_path):
+def test_plan_starts_with_grid_and_out_of_box_runs(tmp_path):
     study = load_study(write_study(tmp_path))
     runs, final = plan(study, study.profiles["tiny"], {})
     assert not final
+    assert {run.phase for run in runs} == {"grid", "out_of_box"}
+    assert len([run for run in runs if run.phase == "grid"]) == 6
+
+
+def test_plan_lists_each_run_id_once(tmp_path):
+    study = load_study(write_study(tmp_path))
+    runs, _ = plan(study, study.profiles["tiny"], {})
+    ids = [run.run_id for run in runs]
+    assert len(ids) == len(set(ids))
+
+
+def test_out_of_box_run_on_the_grid_keeps_the_grid_phase(tmp_path):
+    # Adam's library default (1e-3) is its grid centre: seed 0 runs once.
+    study = load_study(write_study(tmp_path))
+    runs, _ = plan(study, study.profiles["tiny"], {})
+    adam = {(run.lr, run.config.seed): run.phase for run in runs
+            if run.config.optimizer == "adam" and run.lr == 0.001}
+    assert adam == {(0.001, 0): "grid", (0.001, 1): "out_of_box"}
+
+
+def test_out_of_box_uses_library_lr_and_keeps_other_settings(tmp_path):
+    study = load_study(write_study(tmp_path))
+    runs, _ = plan(study, study.profiles["tiny"], {})
+    sgd = [run for run in runs if run.config.optimizer == "sgd"
+           and run.phase == "out_of_box"]
+    assert [run.config.seed for run in sgd] == [0, 1]
+    assert {run.lr for run in sgd} == {0.001}
+    assert {run.config.hyperparameters["momentum"] for run in sgd} == {0.9}
+
+
+def test_profile_can_leave_out_the_out_of_box_track(tmp_path):
+    text = BASE.replace("    seeds: [0, 1]", "    seeds: [0, 1]\n    out_of_box: false")
+    study = load_study(write_study(tmp_path, text))
+    runs, _ = plan(study, study.profiles["tiny"], {})
     assert {run.phase for run in runs} == {"grid"}
-    assert len(runs) == 6
+
+
+def test_default_profile_grid_spans_two_decades_in_five_points():
+    study = load_study()
+    profile = study.profile("default")
+    grid = study.grid(profile, study.optimizers["adam"])
+    assert len(grid) >= 5
+    assert math.log10(max(grid) / min(grid)) >= 2 - 1e-9
+    assert len(profile.seeds) >= 3
+
+
+def test_evals_per_epoch_must_be_positive(tmp_path):
+    text = BASE.replace("    seeds: [0, 1]", "    seeds: [0, 1]\n    evals_per_epoch: 0")
+    with pytest.raises(StudyError, match="evals_per_epoch=0"):
+        load_study(write_study(tmp_path, text))
 
 
 def test_plan_adds_seeds_at_interior_best(tmp_path):
