@@ -526,14 +526,23 @@ class Context:
         return profiles[0] if profiles else "none"
 
 
-def load_context(path: str | os.PathLike | None = None) -> Context:
-    """Open the store read-only and load its runs with the study file's labels."""
+STUDY_ENV = "OPTSTUDY_STUDY"
+
+
+def load_context(path: str | os.PathLike | None = None,
+                 study_path: str | os.PathLike | None = None) -> Context:
+    """Open the store read-only and load its runs with the study file's labels.
+
+    The study file is ``study_path``, else ``$OPTSTUDY_STUDY``, else the
+    repository's ``study.yml``: a store made from another study file needs
+    that file for its labels, default learning rates and targets.
+    """
     from .plots import optimizer_colours
 
     path = Path(path).resolve() if path else store_path()
     connection = open_store(path)
     runs = load_runs(connection)
-    study = load_study()
+    study = load_study(study_path or os.environ.get(STUDY_ENV) or None)
     order = optimizer_order(study, runs)
     return Context(path, runs, study, order, optimizer_labels(study, order),
                    optimizer_colours(order), connection)

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Write the zoo's study file from a conformance table.
+
+    python scripts/conformance.py --all          # results/conformance/conformance.json
+    python scripts/make_zoo.py                   # writes zoo.yml
+    python scripts/run_study.py --study zoo.yml --profile zoo
+
+Every optimizer that passed the conformance check becomes one entry of
+``zoo.yml``, at its library defaults. A class without a default learning rate
+gets the one the conformance check used (1e-3); learning-rate-free classes get
+their multiplier of 1. Optimizers that failed or could not run are left out;
+the zoo chapter lists them with the reason from the conformance table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from optstudy.adapters import infer_needs  # noqa: E402
+from optstudy.conformance import PASS, default_hyperparameters  # noqa: E402
+from optstudy.optimizers import resolve_class  # noqa: E402
+
+DEFAULT_TABLE = REPO_ROOT / "results" / "conformance" / "conformance.json"
+DEFAULT_OUTPUT = REPO_ROOT / "zoo.yml"
+
+# One cheap problem, defaults plus a one-decade sweep either side, one seed:
+# about 3 runs per optimizer.
+ZOO_PROFILE = {
+    "description": "every optimizer that passes conformance, on a small MNIST "
+                   "subset, at its defaults and one decade either side",
+    "datasets": ["mnist"],
+    "optimizers": "all",
+    "epochs": 1,
+    "batch_size": 64,
+    "train_size": 1000,
+    "valid_size": 500,
+    "test_size": 1000,
+    "lr_grid": {"points": 3, "step_decades": 1},
+    "max_extensions": 0,
+    "evals_per_epoch": 4,
+    "seeds": [0],
+}
+ZOO_TARGET = {"mnist": 0.80}
+
+
+def entry_name(reference: str) -> str:
+    """Return the zoo key of a class reference: torch_adam, po_adabelief."""
+    namespace, _, name = reference.rpartition(".")
+    prefix = "torch" if namespace == "torch.optim" else "po"
+    return f"{prefix}_{name.lower()}"
+
+
+def entry(row: dict) -> dict:
+    reference = row["reference"]
+    resolved = resolve_class(reference)
+    namespace, _, name = reference.rpartition(".")
+    label = f"{resolved.cls.__name__} (torch)" if namespace == "torch.optim" \
+        else resolved.cls.__name__
+    values = {"class": reference, "label": label}
+    hyperparameters = default_hyperparameters(resolved.cls,
+                                              infer_needs(resolved.cls).lr_free)
+    if hyperparameters:
+        values["hyperparameters"] = hyperparameters
+    return values
+
+
+def build_zoo(table: dict) -> dict:
+    optimizers = {}
+    for row in table["results"]:
+        if row["status"] == PASS:
+            optimizers[entry_name(row["reference"])] = entry(row)
+    return {
+        "title": "The optimizer zoo",
+        "optimizers": optimizers,
+        "targets": ZOO_TARGET,
+        "profiles": {"zoo": ZOO_PROFILE},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE,
+                        help="conformance.json written by scripts/conformance.py")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="study file to write (default: zoo.yml)")
+    arguments = parser.parse_args(argv)
+    if not arguments.table.is_file():
+        parser.error(f"no conformance table at {arguments.table}; run "
+                     "scripts/conformance.py --all first")
+    zoo = build_zoo(json.loads(arguments.table.read_text()))
+    header = ("# Written by scripts/make_zoo.py from the conformance table; "
+              "rerun it rather than editing by hand.\n")
+    arguments.output.write_text(header + yaml.safe_dump(zoo, sort_keys=False))
+    print(f"{len(zoo['optimizers'])} optimizers written to {arguments.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
