@@ -15,6 +15,7 @@ the zoo chapter lists them with the reason from the conformance table.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from optstudy.optimizers import resolve_class  # noqa: E402
 
 DEFAULT_TABLE = REPO_ROOT / "results" / "conformance" / "conformance.json"
 DEFAULT_OUTPUT = REPO_ROOT / "zoo.yml"
+DEFAULT_LEFT_OUT = REPO_ROOT / "results" / "zoo" / "left_out.json"
 
 # One cheap problem, defaults plus a one-decade sweep either side, one seed:
 # about 3 runs per optimizer.
@@ -45,7 +47,7 @@ ZOO_PROFILE = {
     "test_size": 1000,
     "lr_grid": {"points": 3, "step_decades": 1},
     "max_extensions": 0,
-    "evals_per_epoch": 4,
+    "evals_per_epoch": 2,
     "seeds": [0],
 }
 ZOO_TARGET = {"mnist": 0.80}
@@ -72,17 +74,33 @@ def entry(row: dict) -> dict:
     return values
 
 
-def build_zoo(table: dict) -> dict:
-    optimizers = {}
+def left_out_reason(row: dict) -> str | None:
+    """Return why a conformance row cannot enter the zoo, or None if it can."""
+    if row["status"] != PASS:
+        check = f" ({row['check']})" if row.get("check") else ""
+        return f"conformance: {row['status']}{check}: {row.get('reason') or ''}".strip()
+    cls = resolve_class(row["reference"]).cls
+    if "lr" not in inspect.signature(cls.__init__).parameters:
+        return ("its constructor takes no lr argument, and the zoo sweeps the "
+                "learning rate")
+    return None
+
+
+def build_zoo(table: dict) -> tuple[dict, list[dict]]:
+    """Return the zoo's study file and the optimizers left out, with reasons."""
+    optimizers, left_out = {}, []
     for row in table["results"]:
-        if row["status"] == PASS:
+        reason = left_out_reason(row)
+        if reason:
+            left_out.append({"reference": row["reference"], "reason": reason})
+        else:
             optimizers[entry_name(row["reference"])] = entry(row)
     return {
         "title": "The optimizer zoo",
         "optimizers": optimizers,
         "targets": ZOO_TARGET,
         "profiles": {"zoo": ZOO_PROFILE},
-    }
+    }, left_out
 
 
 def main(argv=None) -> int:
@@ -91,15 +109,20 @@ def main(argv=None) -> int:
                         help="conformance.json written by scripts/conformance.py")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="study file to write (default: zoo.yml)")
+    parser.add_argument("--left-out", type=Path, default=DEFAULT_LEFT_OUT,
+                        help="where to list the optimizers left out, with reasons")
     arguments = parser.parse_args(argv)
     if not arguments.table.is_file():
         parser.error(f"no conformance table at {arguments.table}; run "
                      "scripts/conformance.py --all first")
-    zoo = build_zoo(json.loads(arguments.table.read_text()))
+    zoo, left_out = build_zoo(json.loads(arguments.table.read_text()))
     header = ("# Written by scripts/make_zoo.py from the conformance table; "
               "rerun it rather than editing by hand.\n")
     arguments.output.write_text(header + yaml.safe_dump(zoo, sort_keys=False))
-    print(f"{len(zoo['optimizers'])} optimizers written to {arguments.output}")
+    arguments.left_out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.left_out.write_text(json.dumps(left_out, indent=1) + "\n")
+    print(f"{len(zoo['optimizers'])} optimizers written to {arguments.output}; "
+          f"{len(left_out)} left out, listed in {arguments.left_out}")
     return 0
 
 
