@@ -1071,7 +1071,15 @@ def timing_values(runs: pd.DataFrame) -> dict:
     span_seconds = (
         (finished.max() - finished.min()).total_seconds() if len(finished) else math.nan
     )
+    timed = runs[runs["seconds_wall"].notna()]
+    train = float(timed["seconds_train"].fillna(0).sum())
+    evaluation = float(timed["seconds_eval"].fillna(0).sum())
+    share = (lambda part: part / wall_seconds) if wall_seconds else (lambda _: math.nan)
     return {
+        "train_share": share(train),
+        "eval_share": share(evaluation),
+        "other_share": share(wall_seconds - train - evaluation) if wall_seconds
+        else math.nan,
         "wall_hours": wall_seconds / 3600,
         "span_hours": span_seconds / 3600,
         "wall_text": format_duration(wall_seconds),
