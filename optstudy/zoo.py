@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import stats, store
+from . import stats
 from .analysis import load_runs, markdown_table, open_store, same_lr
 from .study import load_study, score
 
@@ -28,6 +28,7 @@ ZOO_STORE_ENV = "OPTSTUDY_ZOO_STORE"
 
 
 def load_conformance(path: str | os.PathLike = CONFORMANCE_TABLE) -> dict:
+    """Read the conformance table that ``scripts/conformance.py`` wrote."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -38,10 +39,12 @@ def load_conformance(path: str | os.PathLike = CONFORMANCE_TABLE) -> dict:
 
 
 def conformance_frame(table: dict) -> pd.DataFrame:
+    """Return the table's rows, one per optimizer name."""
     return pd.DataFrame(table["results"])
 
 
 def package_of(reference: str) -> str:
+    """Name the library of a class reference."""
     return "torch.optim" if reference.startswith("torch.optim.") else "pytorch-optimizer"
 
 
@@ -77,6 +80,7 @@ def conformance_values(table: dict) -> dict:
 
 
 def zoo_store_path() -> Path:
+    """Return ``$OPTSTUDY_ZOO_STORE``, else the committed zoo store."""
     value = os.environ.get(ZOO_STORE_ENV)
     return Path(value).resolve() if value else ZOO_STORE
 
@@ -117,6 +121,7 @@ def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
 
 
 def _first_reach(connection, runs: pd.DataFrame, target: float | None) -> list:
+    """Return each run's step at its first validation check at the target, else NaN."""
     from .tracks import load_checks
 
     checks = load_checks(connection, runs["run_id"])
@@ -172,6 +177,3 @@ def zoo_values(path: str | os.PathLike | None = None,
     }
     return table, values
 
-
-__all__ = ["load_conformance", "conformance_values", "zoo_values", "zoo_table",
-           "store"]

@@ -18,12 +18,12 @@ def test_bootstrap_of_two_values_spans_both():
     assert high == 1.0
 
 
-def test_bootstrap_of_constant_values_has_no_width():
+def test_bootstrap_of_constant_has_no_width():
     mean, low, high = stats.bootstrap_mean([0.9, 0.9, 0.9])
     assert (mean, low, high) == pytest.approx((0.9, 0.9, 0.9))
 
 
-def test_bootstrap_interval_matches_the_normal_approximation_for_many_values():
+def test_bootstrap_matches_normal_approximation():
     values = np.random.default_rng(1).normal(10.0, 2.0, size=400)
     mean, low, high = stats.bootstrap_mean(values)
     half_width = 1.96 * values.std(ddof=1) / math.sqrt(len(values))
@@ -64,7 +64,7 @@ def test_paired_differences_leave_out_the_reference():
     assert list(stats.paired_differences(frame, "adam")["optimizer"]) == ["sgd"]
 
 
-def test_ranks_of_separated_optimizers_are_certain():
+def test_separated_ranks_are_certain():
     frame = _table({"a": [0.9, 0.91, 0.92], "b": [0.5, 0.51, 0.52],
                     "c": [0.1, 0.11, 0.12]})
     ranks = stats.bootstrap_ranks(frame).set_index("optimizer")
@@ -74,7 +74,7 @@ def test_ranks_of_separated_optimizers_are_certain():
     assert ranks.loc["a", "p_first"] == 1.0
 
 
-def test_ranks_of_overlapping_optimizers_are_uncertain():
+def test_overlapping_ranks_are_uncertain():
     frame = _table({"a": [0.90, 0.70, 0.80], "b": [0.85, 0.75, 0.79]})
     ranks = stats.bootstrap_ranks(frame).set_index("optimizer")
     assert ranks.loc["a", "rank"] == 1
@@ -82,7 +82,7 @@ def test_ranks_of_overlapping_optimizers_are_uncertain():
     assert 0 < ranks.loc["b", "p_first"] < 1
 
 
-def test_performance_profile_on_a_hand_made_table():
+def test_performance_profile_on_hand_made_table():
     # Problem 1: a takes 10, b 20, c never. Problem 2: a 30, b 15, c 15.
     # Problem 3: nobody reaches the target.
     times = pd.DataFrame({"a": [10, 30, np.nan], "b": [20, 15, np.nan],
@@ -98,7 +98,7 @@ def test_performance_profile_on_a_hand_made_table():
     assert share[("c", 4.0)] == pytest.approx(1 / 3)
 
 
-def test_first_reach_returns_the_first_check_at_the_target():
+def test_first_reach_finds_first_check():
     checks = pd.DataFrame({"step": [0, 10, 20, 30],
                            "train_seconds": [0.0, 1.0, 2.0, 3.0],
                            "valid_accuracy": [0.1, 0.85, 0.90, 0.95]})
@@ -106,7 +106,7 @@ def test_first_reach_returns_the_first_check_at_the_target():
     assert stats.first_reach(checks, 0.85) == (10.0, 1.0)
 
 
-def test_first_reach_reports_a_missed_target_as_nan():
+def test_first_reach_missed_target_is_nan():
     checks = pd.DataFrame({"step": [0, 10], "train_seconds": [0.0, 1.0],
                            "valid_accuracy": [0.1, 0.5]})
     step, seconds = stats.first_reach(checks, 0.9)

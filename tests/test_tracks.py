@@ -52,42 +52,42 @@ def rows(frame, optimizer, track):
     return frame[(frame["optimizer"] == optimizer) & (frame["track"] == track)]
 
 
-def test_tuned_track_uses_the_lr_chosen_on_validation(context):
+def test_tuned_track_uses_validation_choice(context):
     frame = tracks.track_runs(context)
     assert set(rows(frame, "adam", "tuned")["lr"]) == {1e-3}
 
 
-def test_tuned_track_has_every_seed_at_the_chosen_lr(context):
+def test_tuned_track_has_every_seed(context):
     frame = tracks.track_runs(context)
     assert sorted(rows(frame, "adam", "tuned")["seed"]) == [0, 1, 2]
 
 
-def test_out_of_box_track_uses_the_library_default(context):
+def test_out_of_box_uses_library_default(context):
     frame = tracks.track_runs(context)
     assert set(rows(frame, "sgd", "out_of_box")["lr"]) == {1e-3}
     assert sorted(rows(frame, "sgd", "out_of_box")["seed"]) == [0, 2]
 
 
-def test_a_run_at_the_default_counts_in_both_tracks(context):
+def test_default_run_counts_in_both_tracks(context):
     frame = tracks.track_runs(context)
     both = set(rows(frame, "adam", "tuned")["run_id"]) & set(
         rows(frame, "adam", "out_of_box")["run_id"])
     assert len(both) == 3
 
 
-def test_time_to_target_is_the_first_check_at_the_target(context):
+def test_time_to_target_from_first_check(context):
     frame = tracks.track_runs(context).set_index(["run_id", "track"])
     row = frame.loc[("mnist-adam-0.001-1-seed", "tuned")]
     assert row["target_step"] == 10
     assert row["target_seconds"] == 3.0
 
 
-def test_runs_without_checks_have_no_time_to_target(context):
+def test_no_checks_no_time_to_target(context):
     frame = tracks.track_runs(context).set_index(["run_id", "track"])
     assert math.isnan(frame.loc[("mnist-adam-0.001-2-seed", "tuned"), "target_step"])
 
 
-def test_cell_with_a_diverged_seed_is_incomplete(context):
+def test_diverged_seed_makes_cell_incomplete(context):
     report = tracks.track_report(context)
     sgd = rows(report.summary, "sgd", "tuned").iloc[0]
     assert sgd["completed"] == 2
@@ -95,7 +95,7 @@ def test_cell_with_a_diverged_seed_is_incomplete(context):
     assert not sgd["complete"]
 
 
-def test_cell_with_a_missing_seed_is_incomplete(context):
+def test_missing_seed_makes_cell_incomplete(context):
     report = tracks.track_report(context)
     assert not rows(report.summary, "sgd", "out_of_box").iloc[0]["complete"]
 
@@ -105,7 +105,7 @@ def test_complete_cell_is_not_flagged(context):
     assert rows(report.summary, "adam", "tuned").iloc[0]["complete"]
 
 
-def test_incomplete_cells_are_marked_in_the_table(context):
+def test_table_marks_incomplete_cells(context):
     report = tracks.track_report(context)
     table = tracks.accuracy_table(report.summary, report.tracks, "mnist",
                                   context.labels).set_index("optimizer")
@@ -113,7 +113,7 @@ def test_incomplete_cells_are_marked_in_the_table(context):
     assert "incomplete" not in table.loc["Adam", "tuned seeds"]
 
 
-def test_mean_covers_completed_seeds_only(context):
+def test_mean_covers_completed_seeds(context):
     report = tracks.track_report(context)
     sgd = rows(report.summary, "sgd", "tuned").iloc[0]
     assert sgd["test_mean"] == pytest.approx((0.95 + 0.96) / 2)
@@ -128,19 +128,19 @@ def test_paired_difference_against_adam(context):
     assert paired.loc["sgd", "mean"] == pytest.approx(0.045)
 
 
-def test_tuning_gain_sentence_names_the_largest_gain(context):
+def test_tuning_gain_names_largest_gain(context):
     report = tracks.track_report(context)
     sentence = tracks.tuning_gain_sentence(report.summary, context.labels)
     assert "SGD on MNIST" in sentence
 
 
-def test_first_choice_sentence_names_the_best_default(context):
+def test_first_choice_names_best_default(context):
     report = tracks.track_report(context)
     sentence = tracks.first_choice_sentence(report.ranks, context.labels)
     assert sentence.startswith("At its library defaults, Adam had the best mean rank")
 
 
-def test_performance_profile_counts_unsolved_problems(context):
+def test_profile_counts_unsolved_problems(context):
     report = tracks.track_report(context)
     times = tracks.profile_times(report.tracks, "tuned")
     # Three (dataset, seed) problems, only one of which any run solved.
