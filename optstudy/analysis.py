@@ -1279,4 +1279,44 @@ def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
         values["targets_table_md"] = ""
         values["speed_md"] = ("The speed benchmark has not been run on this checkout: "
                               "`python benchmarks/run_all.py`.")
+
+    options = _read_benchmark(folder, "options.json")
+    if options:
+        values["options_md"] = _options_text(options)
+    else:
+        values["options_md"] = ("The options benchmark has not been run on this "
+                                "checkout: `python benchmarks/options.py`.")
     return values
+
+
+def _options_text(options: dict) -> str:
+    """Describe the bf16 and torch.compile measurements and the decision they support."""
+    parts = []
+    for result in options["results"]:
+        rates = result["images_per_second"]
+        even = result["compile_break_even_steps"]
+        parts.append(
+            f"{result['model']} on {result['dataset']}: float32 {rates['fp32']:,.0f} "
+            f"images/s, bf16 autocast {rates['bf16']:,.0f} "
+            f"({result['bf16_speedup']:.2f}x), torch.compile {rates['compile']:,.0f} "
+            f"({result['compile_speedup']:.2f}x) after {result['compile_seconds']:.0f} s "
+            f"of compiling, which pays off after "
+            f"{'no number of steps' if even is None else f'{even:,.0f} steps'}")
+    steps = options["default_run_steps"]
+    pays = any(r["compile_break_even_steps"] is not None
+               and r["compile_break_even_steps"] <= steps for r in options["results"])
+    decision = (
+        "torch.compile pays off within one run of the `default` profile"
+        if pays else
+        f"a run of the `default` profile has {steps} steps, so torch.compile does "
+        "not pay off there and the study runs eagerly")
+    machine = options["machine"]
+    load = (machine.get("load_average_1_5_15_min") or [None])[0]
+    busy = ""
+    if load is not None and load > machine.get("usable_cores", 1):
+        busy = (f" The machine was busy (1-minute load average {load:.1f} on "
+                f"{machine.get('usable_cores')} cores), so the absolute speeds are low; "
+                "the ratios compare rounds interleaved under the same load.")
+    return (f"{'; '.join(parts)}. Hence {decision}; bf16 stays an option of its own "
+            f"track (`precision: bf16`), never mixed with float32 results.{busy} "
+            f"Machine: {_machine_text(machine)}.")
