@@ -796,6 +796,7 @@ def conclusions(context: Context) -> tuple[pd.DataFrame, dict]:
     values["limits"] = limits_sentence(context.runs)
     values["rank_table_md"] = markdown_table(rank_table(ranks, context.labels))
     values["progress_md"] = progress_notice(context)
+    values.update(budget_values(context.runs))
     return ranks, values
 
 

@@ -365,7 +365,7 @@ def first_choice_sentence(ranks: pd.DataFrame, labels: dict[str, str]) -> str:
             close.append(labels.get(name, name))
     leaders = _list([labels.get(name, name) for name in tied])
     text = (f"At its library defaults, {leaders} had the best mean rank "
-            f"({means[best]:.1f}) over the {datasets} datasets, so "
+            f"({means[best]:.1f}) over {count_text([datasets], 'dataset')}, so "
             f"{'it is' if len(tied) == 1 else 'they are'} the one to try first.")
     if close:
         text += (f" With these seeds, {_list(close)} cannot be told apart from it: "

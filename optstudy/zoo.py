@@ -25,6 +25,7 @@ CONFORMANCE_TABLE = REPO_ROOT / "results" / "conformance" / "conformance.json"
 ZOO_STUDY = REPO_ROOT / "zoo.yml"
 ZOO_STORE = REPO_ROOT / "results" / "zoo" / "results.sqlite"
 ZOO_STORE_ENV = "OPTSTUDY_ZOO_STORE"
+ZOO_LEFT_OUT = REPO_ROOT / "results" / "zoo" / "left_out.json"
 
 
 def load_conformance(path: str | os.PathLike = CONFORMANCE_TABLE) -> dict:
@@ -161,6 +162,14 @@ def zoo_values(path: str | os.PathLike | None = None,
                 for v in formatted[column]
             ]
     profile = next(iter(study.profiles.values()))
+    missing = [entry.reference for name, entry in study.optimizers.items()
+               if name not in set(runs["optimizer"])]
+    left_out = json.loads(ZOO_LEFT_OUT.read_text()) if ZOO_LEFT_OUT.is_file() else []
+    left_rows = pd.DataFrame(
+        [{"optimizer": item["reference"], "reason": item["reason"][:160]}
+         for item in left_out]
+        + [{"optimizer": reference, "reason": "in zoo.yml, not run yet"}
+           for reference in missing])
     completed = runs[runs["status"] == "completed"]
     values = {
         "zoo_runs": len(runs),
@@ -174,6 +183,11 @@ def zoo_values(path: str | os.PathLike | None = None,
         "zoo_hours": runs["seconds_wall"].sum() / 3600,
         "zoo_table_md": markdown_table(formatted) if len(formatted)
         else "| result |\n|:--|\n| the zoo has no runs yet |",
+        "zoo_entries": len(study.optimizers),
+        "zoo_missing": len(missing),
+        "zoo_left_out": len(left_out),
+        "zoo_left_out_md": markdown_table(left_rows) if len(left_rows)
+        else "| result |\n|:--|\n| every optimizer name ran |",
     }
     return table, values
 
