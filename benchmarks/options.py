@@ -12,10 +12,10 @@ round so that a change in machine load hits all of them alike:
   bf16`` option; a separate track, because the numerics differ);
 - ``compile``: float32 with the model wrapped in ``torch.compile``.
 
-For torch.compile the first steps include compilation; the script reports
-that one-off cost and the steady-state speed separately, and the number of
-steps a run needs before compiling pays off, to set beside the steps of one
-run of the ``default`` profile. Results go to
+For torch.compile the first steps include compilation. The script reports
+that one-off cost and the steady-state speed separately. It also reports how
+many steps a run needs before compiling pays off, beside the number of steps
+in one run of the ``default`` profile. Results go to
 ``benchmarks/results/options.json``.
 """
 
@@ -69,7 +69,7 @@ def build(dataset: str, variant: str, data):
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if variant == "compile" else model
     if variant == "compile":
-        # l2_penalty lives on the original module; keep it reachable.
+        # The L2 penalty is a method of the original module, so keep it reachable.
         forward.l2_penalty = getattr(model, "l2_penalty", None)
     precision = "bf16" if variant == "bf16" else "fp32"
     return make_step(forward, data, precision, channels_last)

@@ -25,9 +25,9 @@ def optimizer_colours(names) -> dict[str, str]:
 def plot_run(record: dict):
     """Draw one run's learning curves: losses, then accuracies, against epochs.
 
-    Validation values come from the checks within epochs when the record has
-    them (else from the epoch rows); test values exist only where the run
-    evaluated the test split, which is after the last epoch.
+    Validation values come from the checks within epochs, or from the epoch
+    rows of a record without checks. Test values exist only after the last
+    epoch, because the run evaluates the test split only there.
     """
     history = record["history"]
     samples = record["loss_samples"]

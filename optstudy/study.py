@@ -14,7 +14,7 @@ Beside this *tuned* track runs the *out-of-the-box* track (phase
 practitioner would first try the optimizer. It depends on no result, so it
 runs alongside the grid. A run that both tracks need (the default learning
 rate is usually a grid point) has one run id and runs once; it keeps the phase
-of the track that planned it first, so the analysis tells the tracks apart
+of the track that planned it first, so the analysis separates the tracks
 by learning rate and seed, not by phase.
 
 Because the plan is a pure function of the study and the stored results,
