@@ -76,6 +76,8 @@ def _run_page(dataset: str, run, record: dict | None, figure_name: str | None,
         lines += [f"The run stored no learning curves. Its error: `{run['error']}`", ""]
     if figure_name:
         lines += [
+            f"{{numref}}`fig-{target}` shows the run's learning curves.",
+            "",
             f"```{{figure}} {figure_name}",
             f":name: fig-{target}",
             f":alt: Learning curves of {label} on {name}, seed {int(run['seed'])}.",

@@ -260,8 +260,10 @@ def test_browser_navigation_reaches_chapters(visit, site):
 
 def test_browser_search_finds_optimizer(visit):
     visit.open("search.html?q=Adam")
+    # Sphinx's searchtools.js writes "Search finished, found N page(s)" once
+    # every result is listed.
+    visit.page.locator(".search-summary", has_text="Search finished").wait_for()
     results = visit.page.locator("ul.search li")
-    results.first.wait_for()
     assert results.count() > 0
     assert "results_" in " ".join(
         visit.page.eval_on_selector_all("ul.search li a", "links => links.map(a => a.href)"))
