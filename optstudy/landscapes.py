@@ -355,7 +355,7 @@ def describe_record(record: dict) -> str:
 def summary_table(landscape_key: str, records: dict[str, dict], order=None):
     """Tabulate where each optimizer's chosen path ended, fewest steps to a minimum first.
 
-    Returns a pandas DataFrame with one row per optimizer. Paths that ended at
+    Ties keep ``order`` (default: the study file's order of optimizers). Returns a pandas DataFrame with one row per optimizer. Paths that ended at
     no known minimum, or diverged, come last, ordered by final loss.
     """
     import pandas as pd
@@ -363,7 +363,8 @@ def summary_table(landscape_key: str, records: dict[str, dict], order=None):
     landscape = get_landscape(landscape_key)
     values = {minimum.name: minimum.value for minimum in landscape.minima}
     global_name = landscape.minima[0].name
-    names = [name for name in (order or records) if name in records]
+    order = list(order or load_study().optimizers) + sorted(records)
+    names = list(dict.fromkeys(name for name in order if name in records))
     rows = []
     for name in names:
         record = records[name]

@@ -49,3 +49,26 @@ def test_execution_page_run_time(status_rows, docname):
     assert method == "force"
     assert float(run_time) > 0
     assert status == "✅"
+
+
+def test_gallery_page_per_tuned_run(built_book, book_store):
+    from optstudy import analysis, gallery
+
+    result, html = built_book
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    connection = analysis.open_store(book_store)
+    tuned = analysis.tuned_runs(analysis.load_runs(connection))
+    connection.close()
+    assert len(tuned) > 0
+    for _, run in tuned.iterrows():
+        docname = gallery.run_page_docname(run["dataset"], run["optimizer"], run["seed"])
+        assert (html / f"{docname}.html").is_file(), f"no gallery page {docname}"
+
+
+def test_landscapes_chapter_animation(built_book):
+    result, html = built_book
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    page = (html / "book" / "landscapes.html").read_text()
+    sources = re.findall(r'<img[^>]+src="([^"]+\.gif)"', page)
+    assert len(sources) == 1
+    assert (html / "book" / sources[0]).resolve().read_bytes()[:6] == b"GIF89a"
