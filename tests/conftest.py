@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from optstudy import store  # noqa: E402
+from optstudy.data import DataNotFoundError, load_arrays, resolve_data_root  # noqa: E402
+from optstudy.study import load_study  # noqa: E402
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
@@ -84,3 +90,84 @@ def tiny_data_root(tmp_path_factory) -> Path:
     write_idx_dataset(root, "FashionMNIST", train=700, test=200, compress=False)
     write_cifar_bin(root, per_batch=140, test=200)
     return root
+
+
+# --- The book built from a results store, shared by the book and browser tests ---
+
+TEST_STORE_ENV = "OPTSTUDY_TEST_STORE"
+JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
+# Seconds allowed for the smoke study and for one book build; both are
+# estimates with a wide margin over what two busy cores needed.
+STUDY_TIMEOUT = 1800
+BUILD_TIMEOUT = 1800
+
+
+def build_book(store_path: Path, output: Path) -> subprocess.CompletedProcess:
+    """Run the documented build command with OPTSTUDY_STORE set, into ``output``."""
+    environment = {**os.environ, store.STORE_ENV: str(store_path)}
+    command = [
+        str(JUPYTER_BOOK), "build", str(REPO_ROOT), "-W", "-n", "--keep-going",
+        "--path-output", str(output),
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True,
+                          text=True, timeout=BUILD_TIMEOUT)
+
+
+def missing_smoke_data() -> list[str]:
+    """Return the smoke profile's datasets that are not on disk (never downloads)."""
+    missing = []
+    for dataset in load_study().profile("smoke").datasets:
+        try:
+            load_arrays(dataset, "test", download=False)
+        except DataNotFoundError:
+            missing.append(dataset)
+    return missing
+
+
+@pytest.fixture(scope="session")
+def book_store(tmp_path_factory) -> Path:
+    """Return a results store to build the book from.
+
+    ``$OPTSTUDY_TEST_STORE`` names an existing store, which is only read.
+    Without it, the smoke profile runs into a temporary store; the test is
+    skipped when the data for that run are missing.
+    """
+    setting = os.environ.get(TEST_STORE_ENV)
+    if setting:
+        path = Path(setting).expanduser().resolve()
+        if not path.is_file():
+            pytest.fail(f"${TEST_STORE_ENV}={setting}: store file not found")
+        return path
+
+    missing = missing_smoke_data()
+    if missing:
+        pytest.skip(
+            f"no data for the smoke study under {resolve_data_root()} (missing: "
+            f"{', '.join(missing)}); set $OPTSTUDY_DATA to a data root or "
+            f"${TEST_STORE_ENV} to an existing store"
+        )
+    folder = tmp_path_factory.mktemp("smoke_study")
+    path = folder / "results.sqlite"
+    command = [
+        sys.executable, "scripts/run_study.py", "--profile", "smoke",
+        "--store", str(path), "--runs-dir", str(folder / "runs"), "--jobs", "2",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=STUDY_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_book(book_store, tmp_path_factory):
+    """Build the book once for the test session; return the result and the HTML folder.
+
+    The book tests and the browser tests share this one build.
+    """
+    # Matplotlib prints a one-time message to stderr while it builds its font
+    # cache, and the book turns any stderr output into a build error.
+    import matplotlib.font_manager  # noqa: F401
+
+    output = tmp_path_factory.mktemp("book")
+    result = build_book(book_store, output)
+    return result, output / "_build" / "html"

@@ -1,31 +1,24 @@
 """Build the Jupyter Book from a results store and check the published pages.
 
 The build executes every page, so it needs a store with real runs. The
-``book_store`` fixture takes it from ``$OPTSTUDY_TEST_STORE`` when set, and
-otherwise runs the smoke profile of the study (about a minute of training on
-two cores, with the data under ``$OPTSTUDY_DATA``). A full build takes a few
-minutes on two cores.
+``book_store`` fixture (in conftest.py) takes it from ``$OPTSTUDY_TEST_STORE``
+when set, and otherwise runs the smoke profile of the study (about a minute of
+training on two cores, with the data under ``$OPTSTUDY_DATA``). A full build
+takes a few minutes on two cores.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
-from optstudy import store
-from optstudy.data import DataNotFoundError, load_arrays, resolve_data_root
-from optstudy.study import load_study
+from conftest import BUILD_TIMEOUT, JUPYTER_BOOK, REPO_ROOT, build_book
 
-TEST_STORE_ENV = "OPTSTUDY_TEST_STORE"
-JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 CHAPTERS = [
     "index",
     "introduction",
@@ -38,78 +31,6 @@ CHAPTERS = [
     "adding_an_optimizer",
     "reproducibility",
 ]
-# Seconds allowed for the smoke study and for one book build; both are
-# estimates with a wide margin over what two busy cores needed.
-STUDY_TIMEOUT = 1800
-BUILD_TIMEOUT = 1800
-
-
-def build_book(store_path: Path, output: Path) -> subprocess.CompletedProcess:
-    """Run the documented build command with OPTSTUDY_STORE set, into ``output``."""
-    environment = {**os.environ, store.STORE_ENV: str(store_path)}
-    command = [
-        str(JUPYTER_BOOK), "build", str(REPO_ROOT), "-W", "-n", "--keep-going",
-        "--path-output", str(output),
-    ]
-    return subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True,
-                          text=True, timeout=BUILD_TIMEOUT)
-
-
-def missing_smoke_data() -> list[str]:
-    """Return the smoke profile's datasets that are not on disk (never downloads)."""
-    missing = []
-    for dataset in load_study().profile("smoke").datasets:
-        try:
-            load_arrays(dataset, "test", download=False)
-        except DataNotFoundError:
-            missing.append(dataset)
-    return missing
-
-
-@pytest.fixture(scope="session")
-def book_store(tmp_path_factory) -> Path:
-    """Return a results store to build the book from.
-
-    ``$OPTSTUDY_TEST_STORE`` names an existing store, which is only read.
-    Without it, the smoke profile runs into a temporary store; the test is
-    skipped when the data for that run are missing.
-    """
-    setting = os.environ.get(TEST_STORE_ENV)
-    if setting:
-        path = Path(setting).expanduser().resolve()
-        if not path.is_file():
-            pytest.fail(f"${TEST_STORE_ENV}={setting}: store file not found")
-        return path
-
-    missing = missing_smoke_data()
-    if missing:
-        pytest.skip(
-            f"no data for the smoke study under {resolve_data_root()} (missing: "
-            f"{', '.join(missing)}); set $OPTSTUDY_DATA to a data root or "
-            f"${TEST_STORE_ENV} to an existing store"
-        )
-    folder = tmp_path_factory.mktemp("smoke_study")
-    path = folder / "results.sqlite"
-    command = [
-        sys.executable, "scripts/run_study.py", "--profile", "smoke",
-        "--store", str(path), "--runs-dir", str(folder / "runs"), "--jobs", "2",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=STUDY_TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return path
-
-
-@pytest.fixture(scope="module")
-def built_book(book_store, tmp_path_factory):
-    """Build the book once for this module; return the result and the HTML folder."""
-    # Matplotlib prints a one-time message to stderr while it builds its font
-    # cache, and the book turns any stderr output into a build error.
-    import matplotlib.font_manager  # noqa: F401
-
-    output = tmp_path_factory.mktemp("book")
-    result = build_book(book_store, output)
-    return result, output / "_build" / "html"
 
 
 def build_log(result: subprocess.CompletedProcess) -> str:
