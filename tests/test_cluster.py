@@ -61,6 +61,7 @@ profiles:
     test_size: 64
     lr_grid: {points: 1}
     max_extensions: 0
+    out_of_box: false  # exactly one run per optimizer and seed
     seeds: [0, 1]
 """
 

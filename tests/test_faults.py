@@ -63,6 +63,7 @@ profiles:
     test_size: 64
     lr_grid: {{points: 1}}
     max_extensions: 0
+    out_of_box: false  # one run per optimizer: these tests are about faults
     seeds: [0]
 """
 

@@ -25,6 +25,7 @@ profiles:
     batch_size: 32
     valid_size: 64
     lr_grid: {values: [%s]}
+    out_of_box: false
     seeds: [0]
 """
 
