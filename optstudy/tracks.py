@@ -280,8 +280,20 @@ def accuracy_table(summary: pd.DataFrame, tracks: pd.DataFrame, dataset: str,
             "out-of-the-box test acc. (%) [95% CI]": "" if b is None else
             _interval(b["test_mean"], b["test_low"], b["test_high"]),
             "tuning gain (points)": "" if pd.isna(gain) else f"{100 * gain:+.1f}",
+            "tuned runs": _run_links(tracks, dataset, name),
         })
     return pd.DataFrame(rows)
+
+
+def _run_links(tracks: pd.DataFrame, dataset: str, optimizer: str) -> str:
+    """Link each seed of a tuned cell to its page in the run gallery."""
+    from .gallery import run_page_link
+
+    mine = tracks[(tracks["dataset"] == dataset) & (tracks["optimizer"] == optimizer)
+                  & (tracks["track"] == "tuned")]
+    seeds = sorted(int(seed) for seed in mine["seed"].unique())
+    return " ".join(f"[seed {seed}]({run_page_link(dataset, optimizer, seed)})"
+                    for seed in seeds)
 
 
 def cost_table(summary: pd.DataFrame, dataset: str,
