@@ -179,6 +179,9 @@ def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
         sys.executable, "-m", "papermill", str(notebook), str(output),
         "-f", str(parameters_path), "--cwd", str(run_dir), "-k", "python3",
         "--no-progress-bar", "--log-level", "WARNING",
+        # papermill waits 60 s for a kernel by default; on a loaded machine a
+        # kernel can take longer to start, which is slowness, not a failure.
+        "--start-timeout", str(KERNEL_START_TIMEOUT),
     ]
     # The repository root goes first on the kernel's path, so the package of
     # this checkout and a user's optimizer modules at the root are importable
@@ -217,8 +220,15 @@ def execute_run(run: PlannedRun, runs_dir: Path, data_dir: Path | None,
     if "DeadKernelError" in stderr or "Kernel died" in stderr:
         return Outcome(run, "crashed", partial, "the kernel died (killed by a "
                        "signal or the out-of-memory killer)", output, seconds)
+    if process.returncode < 0:
+        name = signal.Signals(-process.returncode).name
+        return Outcome(run, "crashed", partial, f"papermill was killed by {name}; "
+                       f"last output: {_last_lines(stderr, 2)}", output, seconds)
     error = notebook_error(output) or _last_lines(stderr)
     return Outcome(run, "failed", partial, error, output, seconds)
+
+
+KERNEL_START_TIMEOUT = 300  # seconds papermill waits for the kernel to start
 
 
 def _last_lines(text: str, count: int = 5) -> str:

@@ -50,7 +50,7 @@ STUDY = """
 optimizers:
   sign:
     label: Sign descent
-    class: my_optimizers:SignDescent
+    class: sign_descent_optimizers:SignDescent
 targets:
   mnist: 0.2
 profiles:
@@ -72,7 +72,7 @@ profiles:
 def user_study(tmp_path_factory, tiny_data_root):
     """Write the module and study file, then run the study with the real runner."""
     folder = tmp_path_factory.mktemp("user")
-    (folder / "my_optimizers.py").write_text(textwrap.dedent(MODULE))
+    (folder / "sign_descent_optimizers.py").write_text(textwrap.dedent(MODULE))
     study_path = folder / "study.yml"
     study_path.write_text(textwrap.dedent(STUDY))
     store_path = folder / "results.sqlite"
@@ -90,7 +90,7 @@ def user_study(tmp_path_factory, tiny_data_root):
 def test_user_optimizer_passes_conformance(user_study, monkeypatch):
     folder, *_ = user_study
     monkeypatch.syspath_prepend(str(folder))
-    (result,) = run_conformance(["my_optimizers:SignDescent"], timeout=None)
+    (result,) = run_conformance(["sign_descent_optimizers:SignDescent"], timeout=None)
     assert result.status == "pass", result.reason
 
 
