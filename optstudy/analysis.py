@@ -28,7 +28,7 @@ from .optimizers import (
     build_optimizer, class_default_lr, resolve_class, weight_decay_style,
 )
 from .study import Study, load_study, plan_cell, score
-from .train import DIVERGENCE_FACTOR
+from .train import DIVERGENCE_FACTOR, DIVERGENCE_PATIENCE
 
 DATASET_NAMES = {
     "mnist": "MNIST",
@@ -996,6 +996,7 @@ def method_values(context: Context) -> dict:
         "n_optimizers": runs["optimizer"].nunique(),
         "n_datasets": runs["dataset"].nunique(),
         "divergence_factor": float(DIVERGENCE_FACTOR),
+        "divergence_patience": int(DIVERGENCE_PATIENCE),
         "hardware": hardware_text(runs),
         "n_failed": int(runs["status"].isin(FAILED_STATUSES).sum()),
         "parameters_2c2d": models.get("2c2d", "none"),

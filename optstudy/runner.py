@@ -99,7 +99,8 @@ def _worker_death_outcome(run: PlannedRun, error: Exception, runs_dir: Path) -> 
     )
 
 
-def _forget_runs(connection, profile_name, study, profile, only, retry_failed):
+def _forget_runs(connection, profile_name, study, profile, only, retry_failed,
+                 retry_diverged=False):
     if only:
         results = store.load_statuses(connection)
         known = set(results) | {run.run_id for run in plan(study, profile, results)[0]}
@@ -117,6 +118,14 @@ def _forget_runs(connection, profile_name, study, profile, only, retry_failed):
         with connection:
             connection.execute(
                 "DELETE FROM runs WHERE status IN ('failed', 'crashed') AND profile = ?",
+                (profile_name,),
+            )
+    if retry_diverged:
+        # For a store written under an earlier divergence rule: completed runs
+        # stand (the rule only ever got more lenient), diverged ones run again.
+        with connection:
+            connection.execute(
+                "DELETE FROM runs WHERE status = 'diverged' AND profile = ?",
                 (profile_name,),
             )
 
@@ -156,7 +165,8 @@ def mark_superseded(connection, profile_name: str, study: Study, profile) -> int
 
 def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
               data_dir=None, device: str = "auto", jobs: int = 1,
-              retry_failed: bool = False, timeout: float | None = None,
+              retry_failed: bool = False, retry_diverged: bool = False,
+              timeout: float | None = None,
               memory_limit: int | None = None, only: list[str] | None = None,
               notebook: Path = NOTEBOOK, cluster: ClusterSettings | None = None,
               on_start=None, on_progress=None) -> dict:
@@ -173,7 +183,8 @@ def run_study(study: Study, profile_name: str, store_path=None, runs_dir=None,
     data_dir = Path(data_dir).resolve() if data_dir else None
     settings = cluster or ClusterSettings(jobs=jobs)
     connection = store.connect(store_path)
-    _forget_runs(connection, profile_name, study, profile, only, retry_failed)
+    _forget_runs(connection, profile_name, study, profile, only, retry_failed,
+                 retry_diverged)
     results = store.load_statuses(connection)
     if all(run.run_id in results for run in plan(study, profile, results)[0]):
         mark_superseded(connection, profile_name, study, profile)

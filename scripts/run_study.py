@@ -64,6 +64,9 @@ def parse_arguments(argv=None):
                         help="run only this run id, again even if stored (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="run again the runs stored as failed or crashed")
+    parser.add_argument("--retry-diverged", action="store_true",
+                        help="run again the runs stored as diverged (after a change "
+                        "of the divergence rule)")
     parser.add_argument("--export-records", default=None, metavar="FOLDER",
                         help="afterwards, write every stored record as JSON into FOLDER")
     return parser.parse_args(argv)
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
         counts = run_study(
             study, profile.name, store_path=store_path, runs_dir=arguments.runs_dir,
             data_dir=arguments.data_dir, device=arguments.device, jobs=arguments.jobs,
-            retry_failed=arguments.retry_failed, timeout=arguments.timeout,
+            retry_failed=arguments.retry_failed,
+            retry_diverged=arguments.retry_diverged, timeout=arguments.timeout,
             memory_limit=(int(arguments.memory_limit_gb * 2**30)
                           if arguments.memory_limit_gb else None),
             only=arguments.only, on_progress=on_progress, on_start=on_start,

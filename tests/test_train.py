@@ -3,7 +3,7 @@ import json
 import pytest
 
 from optstudy.data import load_dataset
-from optstudy.train import RunConfig, train
+from optstudy.train import DIVERGENCE_FACTOR, DIVERGENCE_PATIENCE, RunConfig, train
 
 
 def tiny_config(**overrides):
@@ -110,3 +110,44 @@ def test_bf16_run_completes_with_other_numbers(tiny_data_root):
 def test_invalid_precision_is_rejected(tiny_data_root):
     with pytest.raises(ValueError, match="invalid precision 'fp16'"):
         train(tiny_config(precision="fp16"), data_root=tiny_data_root, device="cpu")
+
+
+def shock_config(**hyperparameters):
+    # 128 images in batches of 8: 16 steps per epoch, 32 in the run.
+    return tiny_config(optimizer="shock",
+                       optimizer_class="divergence_probe_optimizer:BiasShock",
+                       hyperparameters={"lr": 0.0, **hyperparameters}, batch_size=8)
+
+
+def test_one_loss_spike_is_not_a_divergence(tiny_data_root):
+    record = train(shock_config(shock_at=1, hold=3), data_root=tiny_data_root,
+                   device="cpu")
+    assert record["status"] == "completed"
+
+
+def test_spike_reaches_the_threshold(tiny_data_root):
+    record = train(shock_config(shock_at=1, hold=3), data_root=tiny_data_root,
+                   device="cpu")
+    losses = [sample["loss"] for sample in record["loss_samples"]]
+    assert max(losses) > DIVERGENCE_FACTOR * losses[0]
+
+
+def test_loss_held_high_diverges_after_patience(tiny_data_root):
+    record = train(shock_config(shock_at=2, hold=None), data_root=tiny_data_root,
+                   device="cpu")
+    assert record["status"] == "diverged"
+    assert record["divergence"]["above_since"] == 3
+    assert record["divergence"]["step"] == 3 + DIVERGENCE_PATIENCE - 1
+
+
+def test_loss_high_at_the_last_step_diverges(tiny_data_root):
+    record = train(shock_config(shock_at=29, hold=None), data_root=tiny_data_root,
+                   device="cpu")
+    assert record["status"] == "diverged"
+    assert record["divergence"]["step"] == 32
+
+
+def test_diverged_run_has_no_final_metrics(tiny_data_root):
+    record = train(shock_config(shock_at=29, hold=None), data_root=tiny_data_root,
+                   device="cpu")
+    assert record["final_valid_accuracy"] is None
