@@ -1065,7 +1065,10 @@ def timing_values(runs: pd.DataFrame) -> dict:
     """Return the summed wall time of the runs and the span of their finish times.
 
     ``wall_hours`` and ``span_hours`` are numbers; the ``_text`` values state
-    the same durations in a readable unit for the prose.
+    the same durations in a readable unit for the prose. ``active_hours`` is
+    the elapsed time during which at least one run was executing
+    (:func:`busy_seconds`), the study's duration with pauses between sittings
+    left out.
     """
     wall = runs["seconds_wall"].dropna()
     finished = runs["finished_at"].dropna()
@@ -1074,6 +1077,7 @@ def timing_values(runs: pd.DataFrame) -> dict:
         (finished.max() - finished.min()).total_seconds() if len(finished) else math.nan
     )
     timed = runs[runs["seconds_wall"].notna()]
+    active_seconds = busy_seconds(timed)
     train = float(timed["seconds_train"].fillna(0).sum())
     evaluation = float(timed["seconds_eval"].fillna(0).sum())
     share = (lambda part: part / wall_seconds) if wall_seconds else (lambda _: math.nan)
@@ -1086,10 +1090,37 @@ def timing_values(runs: pd.DataFrame) -> dict:
         "span_hours": span_seconds / 3600,
         "wall_text": format_duration(wall_seconds),
         "span_text": format_duration(span_seconds),
+        "active_hours": active_seconds / 3600,
+        "active_text": format_duration(active_seconds),
         "first_finished": _format_time(finished.min()) if len(finished) else "none",
         "last_finished": _format_time(finished.max()) if len(finished) else "none",
         "n_timed": len(wall),
     }
+
+
+def busy_seconds(runs: pd.DataFrame) -> float:
+    """Return the length of the union of the runs' execution intervals.
+
+    A run executed from ``finished_at - seconds_wall`` to ``finished_at``.
+    Overlapping runs (several workers) count once, and a gap with no run
+    executing (the study was stopped and resumed later) does not count.
+    """
+    timed = runs.dropna(subset=["seconds_wall", "finished_at"])
+    if timed.empty:
+        return math.nan
+    ends = [end.timestamp() for end in timed["finished_at"]]
+    intervals = sorted(
+        (end - float(wall), end) for end, wall in zip(ends, timed["seconds_wall"])
+    )
+    total = 0.0
+    start, stop = intervals[0]
+    for begin, end in intervals[1:]:
+        if begin > stop:
+            total += stop - start
+            start, stop = begin, end
+        else:
+            stop = max(stop, end)
+    return total + stop - start
 
 
 def format_duration(seconds: float) -> str:

@@ -629,6 +629,7 @@ def test_timing_and_versions(study_store):
     assert timing["span_text"] == "2.50 hours"
     assert timing["wall_text"] == "3.0 minutes"
     assert timing["first_finished"] == "2026-01-01 00:00:00 UTC"
+    assert timing["active_hours"] == pytest.approx(30 / 3600)
     versions = analysis.versions_table(runs).set_index("package")["versions"]
     assert versions["torch"] == "2.0.0"
     assert versions["python"] == "3.11.7"
@@ -677,3 +678,14 @@ def test_benchmark_values_quote_worker_record(tmp_path):
     assert "162 s with one Dask worker" in text
     assert "100 s with two" in text
     assert "1.62x" in text
+
+
+def test_busy_seconds_merges_overlaps_and_skips_gaps():
+    runs = pd.DataFrame({
+        "finished_at": pd.to_datetime([
+            "2026-01-01T00:01:00", "2026-01-01T00:01:30", "2026-01-01T05:00:00",
+        ], utc=True),
+        "seconds_wall": [60.0, 60.0, 10.0],
+    })
+    # 00:00:00-00:01:00 and 00:00:30-00:01:30 overlap: 90 s; then 10 s hours later.
+    assert analysis.busy_seconds(runs) == pytest.approx(100.0)
