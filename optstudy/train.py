@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 # DIVERGENCE_PATIENCE steps in a row, or is still above it at the last step.
 # The first loss is about 2.3 for ten classes, so the threshold is about 23, the
 # loss of a network that confidently predicts wrong classes. A single spike is
-# not enough: Adagrad at its default lr of 0.01 on 2c2d jumps to a loss of
-# about 58 after its first step and then trains to 85% validation accuracy on
-# the default profile's budget; an earlier rule that stopped at the first such
-# loss wrote it off as diverged.
+# not enough. Adagrad at its default lr of 0.01 on 2c2d jumps to a loss of
+# about 58 after its first step, then trains to 85% validation accuracy on the
+# default profile's budget.
 DIVERGENCE_FACTOR = 10.0
 DIVERGENCE_PATIENCE = 10
 DIVERGENCE_RULE = (f"non-finite, or > {DIVERGENCE_FACTOR:g} x first loss for "

@@ -1,11 +1,11 @@
 """An optimizer that makes the loss jump on purpose, to test the divergence rule.
 
-No library optimizer produces a loss spike of a chosen length at a chosen step,
-so this one does: it trains nothing, and on step ``shock_at`` it adds ``shock``
-to the first output bias of the last parameter tensor (the classifier's bias),
-which sends the cross-entropy of every image of another class up by about that
-much. After ``hold`` more steps it takes the shock back out (``hold=None``
-keeps it for the rest of the run).
+No library optimizer produces a loss spike of a chosen length at a chosen
+step, so this one does. It trains nothing. On step ``shock_at`` it adds
+``shock`` to the first entry of the classifier's bias (the last parameter
+tensor), which raises the cross-entropy of every image of another class by
+about that much. After ``hold`` more steps it removes the shock again
+(``hold=None`` keeps it for the rest of the run).
 """
 
 import torch
