@@ -1307,9 +1307,11 @@ def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
         ]))
         values["speed_md"] = (
             f"Measured in `{speed['mode']}` mode on {_machine_text(speed['machine'])}.")
+        values["speed_why_md"] = speed_explanation(speed)
     else:
         values["speed_table_md"] = ""
         values["targets_table_md"] = ""
+        values["speed_why_md"] = ""
         values["speed_md"] = ("The speed benchmark has not been run on this checkout: "
                               "`python benchmarks/run_all.py`.")
 
@@ -1320,6 +1322,44 @@ def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
         values["options_md"] = ("The options benchmark has not been run on this "
                                 "checkout: `python benchmarks/options.py`.")
     return values
+
+
+def speed_explanation(speed: dict) -> str:
+    """Explain the speed targets from a run_all.py record: how far a faster input
+    pipeline alone could go, and where the notebook's extra time went."""
+    parts = []
+    ceiling = speed["ceiling"]
+    for workload in speed["workloads"]:
+        info = workload["workload"]
+        name = f"{info['model']}/{info['dataset']}"
+        summaries = workload["summaries"]
+        model_step = ceiling["models"].get(info["dataset"], {}).get("model_step")
+        idiom, notebook, direct = (summaries.get(key) for key in
+                                   ("idiom", "notebook", "direct"))
+        if model_step and idiom:
+            bound = model_step["images_per_second"] / idiom["train_images_per_second"]
+            parts.append(
+                f"On {name}, the training step alone, on one batch held in memory, "
+                f"runs at {model_step['images_per_second']:.0f} images/s and the idiom "
+                f"trains at {idiom['train_images_per_second']:.0f} images/s, so no input "
+                f"pipeline can make float32 training steps more than {bound:.2f}x faster "
+                "than the idiom: the data path is not where the time goes. A 2x "
+                "speed-up needs a faster step (bfloat16, measured below, or an "
+                "accelerator), which changes the numerics or the hardware."
+            )
+        if notebook and direct:
+            gap = notebook["wall_seconds"] - direct["wall_seconds"]
+            train_gap = notebook["train_seconds"] - direct["train_seconds"]
+            start_gap = (notebook["launch_to_call_seconds"]
+                         - direct["launch_to_call_seconds"])
+            parts.append(
+                f"The notebook took {gap:.1f} s longer than the direct call on {name}: "
+                f"{start_gap:.1f} s before the training call (papermill and the kernel starting), and "
+                f"{train_gap:.1f} s in the training steps themselves, which run the "
+                "same code in both; the record holds one measurement of each, so "
+                "that second part is not separated from noise."
+            )
+    return "\n\n".join(parts)
 
 
 def _options_text(options: dict) -> str:

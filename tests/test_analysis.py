@@ -689,3 +689,24 @@ def test_busy_seconds_merges_overlaps_and_skips_gaps():
     })
     # 00:00:00-00:01:00 and 00:00:30-00:01:30 overlap: 90 s; then 10 s hours later.
     assert analysis.busy_seconds(runs) == pytest.approx(100.0)
+
+
+def test_speed_explanation_bounds_the_pipeline_gain():
+    record = {
+        "ceiling": {"models": {"mnist": {"model_step": {"images_per_second": 1300.0}}}},
+        "workloads": [{
+            "workload": {"model": "2c2d", "dataset": "mnist"},
+            "summaries": {
+                "idiom": {"train_images_per_second": 1000.0},
+                "notebook": {"wall_seconds": 64.0, "train_seconds": 47.0,
+                             "launch_to_call_seconds": 2.5},
+                "direct": {"wall_seconds": 54.0, "train_seconds": 41.0,
+                           "launch_to_call_seconds": 1.5},
+            },
+        }],
+    }
+    text = analysis.speed_explanation(record)
+    assert "more than 1.30x faster than the idiom" in text
+    assert "took 10.0 s longer" in text
+    assert "1.0 s before the training call (papermill" in text
+    assert "6.0 s in the training steps" in text
