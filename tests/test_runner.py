@@ -151,3 +151,23 @@ def test_runs_outside_the_plan_are_marked_superseded(tiny_study, tmp_path):
     connection.close()
     assert phases[older.run_id] == "superseded"
     assert phases[seed_run.run_id] == "seed"
+
+
+def test_retry_diverged_forgets_only_diverged_runs(tiny_study, tmp_path):
+    from optstudy.runner import _forget_runs
+
+    study = load_study(tiny_study)
+    profile = study.profile("tiny")
+    connection = store.connect(tmp_path / "results.sqlite")
+    planned, _ = plan(study, profile, {})
+    statuses = ["completed", "diverged", "failed"]
+    for run, status in zip(planned, statuses):
+        store.save_run(connection, run.run_id, "tiny", run.phase,
+                       run.config.to_dict(), status, {"final_valid_accuracy": 0.5})
+
+    _forget_runs(connection, "tiny", study, profile, None, False, retry_diverged=True)
+    kept = dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+    connection.close()
+    assert kept.get(planned[0].run_id) == "completed"
+    assert planned[1].run_id not in kept
+    assert kept.get(planned[2].run_id) == "failed"
