@@ -166,8 +166,8 @@ def test_retry_diverged_forgets_only_diverged_runs(tiny_study, tmp_path):
                        run.config.to_dict(), status, {"final_valid_accuracy": 0.5})
 
     _forget_runs(connection, "tiny", study, profile, None, False, retry_diverged=True)
-    kept = dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+    remaining = dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
     connection.close()
-    assert kept.get(planned[0].run_id) == "completed"
-    assert planned[1].run_id not in kept
-    assert kept.get(planned[2].run_id) == "failed"
+    assert remaining.get(planned[0].run_id) == "completed"
+    assert planned[1].run_id not in remaining
+    assert remaining.get(planned[2].run_id) == "failed"
