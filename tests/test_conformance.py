@@ -41,6 +41,16 @@ class ForgetfulSGD(torch.optim.SGD):
         return state
 
 
+class NeedsExtraPackage(torch.optim.SGD):
+    """SGD whose constructor imports a package that is not installed, as an
+    optimizer with an optional dependency does."""
+
+    def __init__(self, params, lr=0.1):
+        import optstudy_missing_extra  # noqa: F401 - this import fails on purpose
+
+        super().__init__(params, lr=lr)
+
+
 def assert_passes(result):
     assert result.status == PASS, f"{result.check}: {result.reason}"
 
@@ -164,6 +174,13 @@ def test_missing_required_argument_is_rejected(monkeypatch):
     result = check_optimizer("pytorch_optimizer.ranger21")
     assert result.status == CANNOT_RUN
     assert "'num_iterations'" in result.reason
+
+
+def test_missing_optional_package_is_rejected():
+    result = check_optimizer("tests.test_conformance:NeedsExtraPackage")
+    assert result.status == CANNOT_RUN
+    assert "optional package that is not installed" in result.reason
+    assert "optstudy_missing_extra" in result.reason
 
 
 def test_state_round_trip_of_momentum():
