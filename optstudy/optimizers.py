@@ -62,7 +62,7 @@ def _pick(name: str, candidates: dict[str, type], namespace: str) -> str:
     )
     raise OptimizerNotFoundError(
         f"unknown optimizer {name!r} in {namespace}: {hint} "
-        "(names are matched case-insensitively; see study.yml)"
+        "(names are matched case-insensitively; see the study file)"
     )
 
 

@@ -4,8 +4,11 @@
     python scripts/conformance.py --all
     python scripts/conformance.py torch.optim.LBFGS pytorch_optimizer.sophiah
 
-Each optimizer runs in a forked process with a timeout. The table goes to
-results/conformance/conformance.csv and .json, or to the folder --output sets.
+Each optimizer runs in a forked process with a timeout. With --all, the table
+goes to results/conformance/conformance.csv and .json, which the book and
+scripts/make_zoo.py read. A check of named optimizers prints its results and
+writes a table only to the folder --output sets, so it never replaces the
+committed table with a partial one.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ def parse_arguments(argv=None):
                         help="seconds per optimizer before it is stopped (default 60)")
     parser.add_argument("--steps", type=int, default=STEPS,
                         help=f"optimizer steps before the checks (default {STEPS})")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+    parser.add_argument("--output", type=Path, default=None,
                         help="folder for conformance.csv and conformance.json "
-                        "(default: results/conformance)")
+                        "(default with --all: results/conformance; otherwise no files)")
     arguments = parser.parse_args(argv)
     if not arguments.all and not arguments.references:
         parser.error("give class references or --all")
+    if arguments.all and arguments.references:
+        parser.error("give either class references or --all, not both")
+    if arguments.output is None and arguments.all:
+        arguments.output = DEFAULT_OUTPUT
     return arguments
 
 
@@ -74,16 +81,21 @@ def main(argv=None) -> int:
     def progress(result):
         # Rewritten after every optimizer, so a stopped run leaves its table.
         finished.append(result)
-        write_table(finished, arguments.output, time.perf_counter() - started)
+        if arguments.output:
+            write_table(finished, arguments.output, time.perf_counter() - started)
         detail = f" [{result.check}] {result.reason}" if result.check or result.reason else ""
         print(f"{result.reference}: {result.status} ({result.seconds:.1f} s){detail}",
               flush=True)
 
     results = run_conformance(references, arguments.timeout, arguments.steps, progress)
     seconds = time.perf_counter() - started
-    write_table(results, arguments.output, seconds)
     print(json.dumps(summarise(results), indent=1))
-    print(f"{len(results)} optimizers in {seconds:.0f} s; table in {arguments.output}")
+    if arguments.output:
+        write_table(results, arguments.output, seconds)
+        print(f"{len(results)} optimizers in {seconds:.0f} s; table in {arguments.output}")
+    else:
+        print(f"{len(results)} optimizers in {seconds:.0f} s; no table written "
+              "(--output FOLDER writes one)")
     return 0 if all(result.status != "fail" for result in results) else 1
 
 

@@ -33,7 +33,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--study", default=str(DEFAULT_STUDY),
                         help="study file (default: study.yml at the repository root)")
     parser.add_argument("--profile", default="default",
-                        help="profile of the study file: smoke, default or full")
+                        help="a profile of the study file: smoke, default or full in "
+                        "study.yml, zoo in zoo.yml (default: default)")
     parser.add_argument("--store", default=None,
                         help=f"SQLite results store (default: ${store.STORE_ENV}, "
                         "else results/<profile>/results.sqlite)")
@@ -42,10 +43,11 @@ def parse_arguments(argv=None):
     parser.add_argument("--data-dir", default=None,
                         help=f"data root (default: ${DATA_ENV}, else ./data); "
                         "missing datasets are downloaded there")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present), cpu or cuda (default: auto)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="workers of the local Dask cluster, one run each at a "
-                        "time; CPU cores are split among them")
+                        "time; CPU cores are split among them (default: 1)")
     parser.add_argument("--scheduler", default=None,
                         help=f"address of a running Dask scheduler, e.g. "
                         f"tcp://10.0.0.5:8786 (default: ${SCHEDULER_ENV}; unset: a "
@@ -76,9 +78,13 @@ def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     # Dask logs every worker start and stop at INFO, which the progress bar makes
-    # redundant.
-    for name in ("distributed", "dask"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # redundant. Its modules set levels on their own loggers at import, so every
+    # logger under "distributed" and "dask" is lowered, not only the two parents.
+    import distributed  # noqa: F401 - creates the loggers lowered below
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         study = load_study(arguments.study)
         profile = study.profile(arguments.profile)
@@ -97,7 +103,8 @@ def main(argv=None) -> int:
     bar = tqdm(total=expected_run_count(study, profile), unit="run", dynamic_ncols=True)
 
     def on_progress(outcome, done, planned, final):
-        bar.total = max(bar.total, planned)
+        # The plan grows with edge extensions and shrinks to its final size.
+        bar.total = planned if final else max(bar.total, planned)
         bar.n = done
         run = outcome.run
         bar.set_postfix_str(
