@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
 JOBS ?= 2
+# The store the book is rendered from: $OPTSTUDY_STORE when set.
+STORE ?= $(or $(OPTSTUDY_STORE),$(CURDIR)/results/$(PROFILE)/results.sqlite)
 
 .PHONY: venv study book book-only test clean-book
 
@@ -21,10 +23,10 @@ study: venv
 	$(BIN)/python scripts/run_study.py --profile $(PROFILE) --jobs $(JOBS) \
 		--export-records results/$(PROFILE)/records
 
-# Renders the book from results/$(PROFILE)/results.sqlite into _build/html.
+# Renders the book from $(STORE) into _build/html.
 # Warnings are errors, and a notebook cell that raises fails the build.
 book-only: venv
-	OPTSTUDY_STORE=$(CURDIR)/results/$(PROFILE)/results.sqlite \
+	OPTSTUDY_STORE=$(STORE) \
 		$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
 book: study book-only
