@@ -227,9 +227,20 @@ def _parse_optimizer(name: str, raw: dict) -> OptimizerEntry:
     )
 
 
+# Profile keys without a default: each one changes what a run computes.
+REQUIRED_PROFILE_KEYS = ("datasets", "seeds", "epochs", "batch_size", "valid_size")
+
+
 def _parse_profile(name: str, raw: dict, optimizers: dict) -> Profile:
     where = f"profile {name!r}"
     raw = dict(raw)
+    missing = [key for key in REQUIRED_PROFILE_KEYS if key not in raw]
+    if missing:
+        raise StudyError(
+            f"{where}: missing {', '.join(repr(key) for key in missing)}; every "
+            f"profile sets {', '.join(REQUIRED_PROFILE_KEYS)} (see the profiles "
+            "of study.yml)"
+        )
     datasets = raw.pop("datasets")
     for dataset in datasets:
         if dataset not in DATASETS:

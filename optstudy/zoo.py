@@ -87,9 +87,15 @@ def zoo_store_path() -> Path:
 
 
 def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
-    """One row per zoo optimizer: defaults, best of the sweep, cost, divergence."""
+    """One row per zoo optimizer: defaults, best of the sweep, cost, divergence.
+
+    An optimizer whose every run failed or crashed has no row here; the list of
+    optimizers that could not run (:func:`never_ran`) gives its error instead.
+    """
     rows = []
     for name, cell in runs.groupby("optimizer", sort=False):
+        if cell["status"].isin(("failed", "crashed")).all():
+            continue
         entry = study.optimizers.get(name)
         label = entry.label if entry else name
         default_lr = entry.lr_default if entry else math.nan
@@ -119,6 +125,23 @@ def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
         return frame
     return frame.sort_values("test acc. at best lr (%)", ascending=False,
                              na_position="last").reset_index(drop=True)
+
+
+def never_ran(runs: pd.DataFrame, study) -> list[dict]:
+    """Return a row for each zoo entry whose every run failed or crashed, with
+    the error of its first run as the reason."""
+    rows = []
+    for name, cell in runs.groupby("optimizer", sort=False):
+        if not cell["status"].isin(("failed", "crashed")).all():
+            continue
+        entry = study.optimizers.get(name)
+        error = str(cell["error"].dropna().iloc[0]) if cell["error"].notna().any() else ""
+        rows.append({
+            "optimizer": entry.reference if entry else name,
+            "reason": f"every run {'crashed' if (cell['status'] == 'crashed').all() else 'failed'}"
+                      f" in the training loop: {error}"[:160],
+        })
+    return rows
 
 
 def _first_reach(connection, runs: pd.DataFrame, target: float | None) -> list:
@@ -165,9 +188,11 @@ def zoo_values(path: str | os.PathLike | None = None,
     missing = [entry.reference for name, entry in study.optimizers.items()
                if name not in set(runs["optimizer"])]
     left_out = json.loads(ZOO_LEFT_OUT.read_text()) if ZOO_LEFT_OUT.is_file() else []
+    failed_everywhere = never_ran(runs, study)
     left_rows = pd.DataFrame(
         [{"optimizer": item["reference"], "reason": item["reason"][:160]}
          for item in left_out]
+        + failed_everywhere
         + [{"optimizer": reference, "reason": "in zoo.yml, not run yet"}
            for reference in missing])
     completed = runs[runs["status"] == "completed"]
@@ -186,6 +211,7 @@ def zoo_values(path: str | os.PathLike | None = None,
         "zoo_entries": len(study.optimizers),
         "zoo_missing": len(missing),
         "zoo_left_out": len(left_out),
+        "zoo_never_ran": len(failed_everywhere),
         "zoo_left_out_md": markdown_table(left_rows) if len(left_rows)
         else "| result |\n|:--|\n| every optimizer name ran |",
     }

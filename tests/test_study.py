@@ -325,3 +325,13 @@ def test_all_diverged_grid_extends_downwards(tmp_path):
     extensions = {r.config.optimizer: r.lr for r in runs if r.phase == "extension"}
     assert extensions == {"adam": 1e-05, "sgd": 0.001}
     assert not final
+
+
+def test_profile_missing_epochs_is_rejected(tmp_path):
+    path = tmp_path / "study.yml"
+    path.write_text(
+        "optimizers:\n  adam: {class: torch.optim.Adam}\n"
+        "profiles:\n  tiny: {datasets: [mnist], seeds: [0], batch_size: 32, valid_size: 64}\n"
+    )
+    with pytest.raises(StudyError, match="profile 'tiny': missing 'epochs'"):
+        load_study(path)
