@@ -10,12 +10,12 @@ import numpy as np
 
 # One fixed colour per optimizer entry, in study-file order, so an optimizer
 # keeps its colour across every figure of the book. The first 13 cover the
-# default study and are told apart in a legend: black and lime follow the ten
+# default study and are told apart in a legend: black and plum follow the ten
 # standard colours and navy, where two dark olives were hard to separate.
 PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-    "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#000000", "#b5cf6b", "#843c39",
-    "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
+    "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#000000", "#7b4173", "#843c39",
+    "#b5cf6b", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
 ]
 
 
