@@ -178,13 +178,26 @@ def build_optimizer(
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Return the bytes held in tensors of the optimizer state."""
-    total = 0
-    for state in optimizer.state.values():
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
-    return total
+    """Return the bytes held in tensors of the optimizer state.
+
+    Tensors nested in lists, tuples or dicts count too (pytorch-optimizer's
+    DASH keeps a list of per-block dicts); a tensor reached twice counts once.
+    """
+    seen: set[int] = set()
+
+    def walk(value) -> int:
+        if isinstance(value, torch.Tensor):
+            if id(value) in seen:
+                return 0
+            seen.add(id(value))
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(walk(item) for item in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(walk(item) for item in value)
+        return 0
+
+    return sum(walk(state) for state in optimizer.state.values())
 
 
 def weight_decay_style(reference: str, hyperparameters_used: dict) -> str:

@@ -151,3 +151,16 @@ def test_diverged_run_has_no_final_metrics(tiny_data_root):
     record = train(shock_config(shock_at=29, hold=None), data_root=tiny_data_root,
                    device="cpu")
     assert record["final_valid_accuracy"] is None
+
+
+def test_state_bytes_count_nested_tensors():
+    import torch
+
+    from optstudy.optimizers import optimizer_state_bytes
+
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    block = torch.zeros(3)
+    optimizer.state[parameter] = {"blocks": [{"m": block}, {"m": block}],
+                                  "shape": (4,), "v": torch.zeros(2, dtype=torch.float64)}
+    assert optimizer_state_bytes(optimizer) == 3 * 4 + 2 * 8
