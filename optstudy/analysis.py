@@ -1307,7 +1307,8 @@ def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
         ]))
         values["speed_md"] = (
             f"Measured in `{speed['mode']}` mode on {_machine_text(speed['machine'])}.")
-        values["speed_why_md"] = speed_explanation(speed)
+        values["speed_why_md"] = speed_explanation(
+            speed, _read_benchmark(folder, "one_thread.json"))
     else:
         values["speed_table_md"] = ""
         values["targets_table_md"] = ""
@@ -1324,9 +1325,24 @@ def benchmark_values(folder: Path = BENCHMARK_RESULTS) -> dict:
     return values
 
 
-def speed_explanation(speed: dict) -> str:
+def _train_gap(record: dict | None, dataset: str) -> float | None:
+    """Return the notebook's training seconds over the direct call's, minus 1."""
+    for workload in (record or {}).get("workloads", []):
+        summaries = workload["summaries"]
+        if (workload["workload"]["dataset"] == dataset
+                and "notebook" in summaries and "direct" in summaries):
+            return (summaries["notebook"]["train_seconds"]
+                    / summaries["direct"]["train_seconds"] - 1)
+    return None
+
+
+def speed_explanation(speed: dict, one_thread: dict | None = None) -> str:
     """Explain the speed targets from a run_all.py record: how far a faster input
-    pipeline alone could go, and where the notebook's extra time went."""
+    pipeline alone could go, and where the notebook's extra time went.
+
+    ``one_thread`` is an optional record of the same benchmark with one torch
+    thread, which leaves a core free for papermill and the kernel's own threads.
+    """
     parts = []
     ceiling = speed["ceiling"]
     for workload in speed["workloads"]:
@@ -1359,6 +1375,26 @@ def speed_explanation(speed: dict) -> str:
                 "same code in both; the record holds one measurement of each, so "
                 "that second part is not separated from noise."
             )
+            two = _train_gap(speed, info["dataset"])
+            one = _train_gap(one_thread, info["dataset"])
+            if one is not None and two is not None:
+                verdict = (
+                    "With a core to spare the notebook's steps are no slower, which "
+                    "points at papermill's process and the kernel's own threads "
+                    "competing with torch's threads for the cores"
+                    if one < two / 2 else
+                    "The gap stays with a core to spare, so competition for cores "
+                    "does not explain it"
+                )
+                parts[-1] += (
+                    f" With one torch thread per run "
+                    f"(`benchmarks/results/one_thread.json`), the notebook's training "
+                    f"steps took {100 * one:+.1f}% against the direct call's, "
+                    f"compared with {100 * two:+.1f}% with "
+                    f"{speed['settings']['threads']} threads. {verdict}; single "
+                    "measurements differ by several percent either way, so this is "
+                    "an indication, not a proof."
+                )
     return "\n\n".join(parts)
 
 

@@ -710,3 +710,25 @@ def test_speed_explanation_bounds_the_pipeline_gain():
     assert "took 10.0 s longer" in text
     assert "1.0 s before the training call (papermill" in text
     assert "6.0 s in the training steps" in text
+
+
+def test_speed_explanation_compares_one_thread_record():
+    def record(notebook_train, direct_train, threads):
+        return {
+            "settings": {"threads": threads},
+            "ceiling": {"models": {}},
+            "workloads": [{
+                "workload": {"model": "3c3d", "dataset": "cifar10"},
+                "summaries": {
+                    "notebook": {"wall_seconds": 90.0, "train_seconds": notebook_train,
+                                 "launch_to_call_seconds": 2.3},
+                    "direct": {"wall_seconds": 82.0, "train_seconds": direct_train,
+                               "launch_to_call_seconds": 1.3},
+                },
+            }],
+        }
+
+    text = analysis.speed_explanation(record(108.0, 100.0, 2), record(95.0, 100.0, 1))
+    assert "took -5.0% against the direct call's" in text
+    assert "compared with +8.0% with 2 threads" in text
+    assert "competing with torch's threads" in text
