@@ -1375,22 +1375,22 @@ def speed_explanation(speed: dict, one_thread: dict | None = None) -> str:
                 "same code in both; the record holds one measurement of each, so "
                 "that second part is not separated from noise."
             )
-            two = _train_gap(speed, info["dataset"])
-            one = _train_gap(one_thread, info["dataset"])
-            if one is not None and two is not None:
+            default_gap = _train_gap(speed, info["dataset"])
+            spare_core_gap = _train_gap(one_thread, info["dataset"])
+            if spare_core_gap is not None and default_gap is not None:
                 verdict = (
                     "With a core to spare the notebook's steps are no slower, which "
                     "points at papermill's process and the kernel's own threads "
                     "competing with torch's threads for the cores"
-                    if one < two / 2 else
+                    if spare_core_gap < default_gap / 2 else
                     "The gap stays with a core to spare, so competition for cores "
                     "does not explain it"
                 )
                 parts[-1] += (
                     f" With one torch thread per run "
                     f"(`benchmarks/results/one_thread.json`), the notebook's training "
-                    f"steps took {100 * one:+.1f}% against the direct call's, "
-                    f"compared with {100 * two:+.1f}% with "
+                    f"steps took {100 * spare_core_gap:+.1f}% against the direct call's, "
+                    f"compared with {100 * default_gap:+.1f}% with "
                     f"{speed['settings']['threads']} threads. {verdict}; single "
                     "measurements differ by several percent either way, so this is "
                     "an indication, not a proof."
