@@ -10,7 +10,7 @@ import numpy as np
 
 # One fixed colour per optimizer entry, in study-file order, so an optimizer
 # keeps its colour across every figure of the book. The first 13 cover the
-# default study and are told apart in a legend: black and plum follow the ten
+# default study and stay distinct in a legend: black and plum follow the ten
 # standard colours and navy, where two dark olives were hard to separate.
 PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",

@@ -1,7 +1,7 @@
 """Statistics over seeds: bootstrap intervals, paired differences, ranks, profiles.
 
-Everything here takes plain tables (pandas frames or arrays) and knows
-nothing about the store, so each function is tested on hand-made numbers.
+Everything here takes plain tables (pandas frames or arrays) and never reads
+the store, so each function is tested on hand-made numbers.
 Resampling uses a fixed seed: the book shows the same interval on every
 build of the same results.
 """
@@ -33,7 +33,7 @@ def bootstrap_mean(values, level: float = LEVEL, resamples: int = RESAMPLES,
     """Return the mean and a percentile-bootstrap interval of the mean.
 
     NaN values are dropped first. With no value all three are NaN; with one
-    value the interval is NaN, because one seed says nothing about spread.
+    value the interval is NaN, because one seed carries no information about spread.
     """
     values = np.asarray([v for v in values if v is not None and not pd.isna(v)],
                         dtype=float)

@@ -37,7 +37,10 @@ TRACK_COLUMNS = [
 
 
 def expected_seeds(context: Context) -> list[int]:
-    """Return the seeds the store's profile asks for (those stored, if unknown)."""
+    """Return the seeds the store's profile requests.
+
+    When the store's profile is not in the study file, return the stored seeds.
+    """
     profiles = context.study.profiles
     if context.profile in profiles:
         return list(profiles[context.profile].seeds)
@@ -364,7 +367,7 @@ def first_choice_sentence(ranks: pd.DataFrame, labels: dict[str, str]) -> str:
     mine = ranks[(ranks["track"] == "out_of_box")]
     datasets = mine["dataset"].nunique()
     # Optimizers whose rank interval reaches the leader's rank on every dataset
-    # cannot be told apart from it with these seeds.
+    # cannot be distinguished from it with these seeds.
     close = []
     for name in means.index[len(tied):]:
         overlap = True
@@ -456,7 +459,7 @@ def track_report(context: Context) -> TrackReport:
 
 
 def _table_md(frame: pd.DataFrame, empty: str) -> str:
-    """Render a table, or a one-cell table that says why there are no rows.
+    """Render a table, or a one-cell table that gives the reason it has no rows.
 
     A ``{table}`` directive needs exactly one table, so an empty frame still
     renders as one.

@@ -1,7 +1,7 @@
 """The optimizer zoo and the conformance table, as the book shows them.
 
 The conformance table (``results/conformance/conformance.json``, written by
-``scripts/conformance.py --all``) says which optimizer names run through the
+``scripts/conformance.py --all``) lists which optimizer names run through the
 study's training loop. The zoo (``zoo.yml``, written by
 ``scripts/make_zoo.py``; results in ``results/zoo/results.sqlite``) runs every
 one that passed on one cheap problem.
@@ -87,7 +87,7 @@ def zoo_store_path() -> Path:
 
 
 def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
-    """One row per zoo optimizer: defaults, best of the sweep, cost, divergence.
+    """Return one row per zoo optimizer: defaults, best of the sweep, cost, divergence.
 
     An optimizer whose every run failed or crashed has no row here; the list of
     optimizers that could not run (:func:`never_ran`) gives its error instead.

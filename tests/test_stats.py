@@ -34,7 +34,8 @@ def test_bootstrap_matches_normal_approximation():
 def test_bootstrap_of_one_value_has_no_interval():
     mean, low, high = stats.bootstrap_mean([0.7])
     assert mean == 0.7
-    assert math.isnan(low) and math.isnan(high)
+    assert math.isnan(low)
+    assert math.isnan(high)
 
 
 def test_bootstrap_ignores_missing_values():
@@ -110,4 +111,5 @@ def test_first_reach_missed_target_is_nan():
     checks = pd.DataFrame({"step": [0, 10], "train_seconds": [0.0, 1.0],
                            "valid_accuracy": [0.1, 0.5]})
     step, seconds = stats.first_reach(checks, 0.9)
-    assert math.isnan(step) and math.isnan(seconds)
+    assert math.isnan(step)
+    assert math.isnan(seconds)
