@@ -114,19 +114,16 @@ def _forget_runs(connection, profile_name, study, profile, only, retry_failed,
         with connection:
             connection.executemany("DELETE FROM runs WHERE run_id = ?",
                                    [(run_id,) for run_id in only])
-    if retry_failed:
+    # Diverged runs are retried after a change of the divergence rule: completed
+    # runs remain valid because the rule was only ever loosened.
+    statuses = (["failed", "crashed"] if retry_failed else []) + (
+        ["diverged"] if retry_diverged else [])
+    if statuses:
         with connection:
             connection.execute(
-                "DELETE FROM runs WHERE status IN ('failed', 'crashed') AND profile = ?",
-                (profile_name,),
-            )
-    if retry_diverged:
-        # For a store written under an earlier divergence rule: completed runs
-        # stand (the rule only ever got more lenient), diverged ones run again.
-        with connection:
-            connection.execute(
-                "DELETE FROM runs WHERE status = 'diverged' AND profile = ?",
-                (profile_name,),
+                f"DELETE FROM runs WHERE profile = ? AND status IN "
+                f"({', '.join('?' for _ in statuses)})",
+                (profile_name, *statuses),
             )
 
 

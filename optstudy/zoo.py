@@ -94,7 +94,7 @@ def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
     """
     rows = []
     for name, cell in runs.groupby("optimizer", sort=False):
-        if cell["status"].isin(("failed", "crashed")).all():
+        if _failed_everywhere(cell):
             continue
         entry = study.optimizers.get(name)
         label = entry.label if entry else name
@@ -127,12 +127,17 @@ def zoo_table(runs: pd.DataFrame, study, target: float | None) -> pd.DataFrame:
                              na_position="last").reset_index(drop=True)
 
 
+def _failed_everywhere(cell: pd.DataFrame) -> bool:
+    """Return whether every run of one optimizer failed or crashed."""
+    return bool(cell["status"].isin(("failed", "crashed")).all())
+
+
 def never_ran(runs: pd.DataFrame, study) -> list[dict]:
     """Return a row for each zoo entry whose every run failed or crashed, with
     the error of its first run as the reason."""
     rows = []
     for name, cell in runs.groupby("optimizer", sort=False):
-        if not cell["status"].isin(("failed", "crashed")).all():
+        if not _failed_everywhere(cell):
             continue
         entry = study.optimizers.get(name)
         error = str(cell["error"].dropna().iloc[0]) if cell["error"].notna().any() else ""

@@ -171,3 +171,24 @@ def test_retry_diverged_forgets_only_diverged_runs(tiny_study, tmp_path):
     assert remaining.get(planned[0].run_id) == "completed"
     assert planned[1].run_id not in remaining
     assert remaining.get(planned[2].run_id) == "failed"
+
+
+def test_retry_failed_forgets_only_failed_runs(tiny_study, tmp_path):
+    from optstudy.runner import _forget_runs
+
+    study = load_study(tiny_study)
+    profile = study.profile("tiny")
+    connection = store.connect(tmp_path / "results.sqlite")
+    planned, _ = plan(study, profile, {})
+    statuses = ["completed", "diverged", "failed", "crashed"]
+    for run, status in zip(planned, statuses):
+        store.save_run(connection, run.run_id, "tiny", run.phase,
+                       run.config.to_dict(), status, {"final_valid_accuracy": 0.5})
+
+    _forget_runs(connection, "tiny", study, profile, None, True)
+    remaining = dict(connection.execute("SELECT run_id, status FROM runs").fetchall())
+    connection.close()
+    assert remaining.get(planned[0].run_id) == "completed"
+    assert remaining.get(planned[1].run_id) == "diverged"
+    assert planned[2].run_id not in remaining
+    assert planned[3].run_id not in remaining
